@@ -380,10 +380,60 @@ pub struct AuditTrailEntry {
     pub details: Object,
 }
 
+impl Pipeline {
+    /// Stage numbers whose execution record is `pending` and whose dependencies have all
+    /// completed, in definition order: what a coordinator may start now. A stage without an
+    /// execution record counts as pending.
+    pub fn ready_stages(&self) -> Vec<u32> {
+        let status_of = |n: u32| {
+            self.stages
+                .iter()
+                .find(|s| s.stage == n)
+                .map(|s| s.status)
+                .unwrap_or_default()
+        };
+        self.configuration
+            .stages
+            .iter()
+            .filter(|def| status_of(def.stage) == StageStatus::Pending)
+            .filter(|def| {
+                def.dependencies
+                    .iter()
+                    .all(|&d| status_of(d) == StageStatus::Completed)
+            })
+            .map(|def| def.stage)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use PipelineStatus::*;
+
+    #[test]
+    fn ready_stages_wait_for_every_dependency() {
+        let def = |n: u32, deps: &[u32]| StageDefinition {
+            stage: n,
+            dependencies: deps.to_vec(),
+            ..Default::default()
+        };
+        let state = |n: u32, status| StageState {
+            stage: n,
+            status,
+            ..Default::default()
+        };
+        let mut p = Pipeline::default();
+        p.configuration.stages = vec![def(1, &[]), def(2, &[1]), def(3, &[1]), def(4, &[2, 3])];
+        assert_eq!(p.ready_stages(), vec![1]);
+        p.stages = vec![state(1, StageStatus::Completed)];
+        assert_eq!(p.ready_stages(), vec![2, 3], "parallel branches together");
+        p.stages.push(state(2, StageStatus::Completed));
+        p.stages.push(state(3, StageStatus::Running));
+        assert_eq!(p.ready_stages(), Vec::<u32>::new());
+        p.stages[2].status = StageStatus::Completed;
+        assert_eq!(p.ready_stages(), vec![4]);
+    }
 
     #[test]
     fn pipeline_state_machine() {
