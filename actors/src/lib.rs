@@ -20,5 +20,6 @@
 
 pub mod broker;
 pub mod clock;
+pub mod journal;
 pub mod model;
 pub mod store;

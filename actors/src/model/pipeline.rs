@@ -243,6 +243,10 @@ pub struct StageDefinition {
     pub timeout_seconds: u32,
     /// Retries of the stage's tasks.
     pub retry_config: RetryConfig,
+    /// Extension: fan-out. A JSON pointer into the stage input (see the coordinator) naming a
+    /// list; the stage runs one task per item and its output gathers their outputs in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<String>,
 }
 
 /// `stages[].retry_config`.
@@ -291,6 +295,8 @@ pub struct StageState {
     pub results: Option<Object>,
     /// Errors.
     pub errors: Vec<Object>,
+    /// Extension: the current run of the stage (1, or 2 after `retry_failed_stages`).
+    pub attempt: u32,
 }
 
 /// `pipelines.performance_metrics`.

@@ -210,6 +210,10 @@ pub struct Task {
     /// Extension: when the current lease lapses unless renewed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<Timestamp>,
+    /// Extension: when a task in `retry` becomes pending again (set by its coordinator from
+    /// the stage's backoff).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
     /// Extension: optimistic-concurrency revision, bumped by every write.
     pub revision: u64,
 }
@@ -260,6 +264,7 @@ impl Default for Task {
             deleted_at: None,
             lease_token: 0,
             lease_expires_at: None,
+            retry_at: None,
             revision: 0,
         }
     }
@@ -350,6 +355,11 @@ pub struct PipelineContext {
     pub stage_dependencies: Vec<u32>,
     /// Whether the stage is on the pipeline's critical path.
     pub is_critical_path: bool,
+    /// Extension: which run of the stage created the task (a failed stage may be run again).
+    pub attempt: u32,
+    /// Extension: the task's position when its stage fans out over a list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_index: Option<u32>,
 }
 
 /// `tasks.resource_requirements`.

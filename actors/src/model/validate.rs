@@ -132,7 +132,17 @@ impl PipelineConfiguration {
                 errors.push(DefinitionError::DuplicateStage { stage: s.stage });
             }
         }
+        let mut names = BTreeSet::new();
         for s in &self.stages {
+            if !s.name.trim().is_empty() && !names.insert(s.name.as_str()) {
+                errors.push(DefinitionError::Pipeline {
+                    field: "name",
+                    message: format!(
+                        "stage {}: name {:?} is used by another stage (names key stage outputs)",
+                        s.stage, s.name
+                    ),
+                });
+            }
             check_stage(s, &seen, &mut errors);
         }
         if let Err(cycle) = self.topological_order() {
@@ -213,6 +223,16 @@ fn check_stage(s: &StageDefinition, known: &BTreeSet<u32>, errors: &mut Vec<Defi
             errors.push(DefinitionError::SelfDependency { stage });
         } else if !known.contains(&d) {
             errors.push(DefinitionError::UnknownDependency { stage, missing: d });
+        }
+    }
+    if let Some(pointer) = &s.fan_out {
+        if !pointer.starts_with('/') {
+            errors.push(DefinitionError::Pipeline {
+                field: "fan_out",
+                message: format!(
+                    "stage {stage}: {pointer:?} is not a JSON pointer (it starts with '/')"
+                ),
+            });
         }
     }
     let mut range = |field, value: u32, min: u32, max: u32| {
@@ -301,6 +321,7 @@ mod tests {
             is_parallel: false,
             timeout_seconds: 60,
             retry_config: RetryConfig::default(),
+            fan_out: None,
         }
     }
 
