@@ -23,12 +23,12 @@ use serde_json::{json, Value};
 
 use crate::broker::{Lease, QueueEntry};
 use crate::journal::{obj, Actor, Journal};
+use crate::model::Event;
 use crate::model::{
-    new_id, Assignment, OnStageFailure, Object, Pipeline, PipelineContext, PipelineErrorEntry,
+    new_id, Assignment, Object, OnStageFailure, Pipeline, PipelineContext, PipelineErrorEntry,
     PipelineStatus, StageDefinition, StageState, StageStatus, Task, TaskError, TaskStatus,
     Timestamp,
 };
-use crate::model::Event;
 
 /// What a reconciliation decided.
 #[derive(Debug, Default, Clone)]
@@ -96,7 +96,13 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(p: &'a mut Pipeline, tasks: &'a [Task], now: Timestamp, journal: &'a Journal, actor: &'a Actor) -> Self {
+    fn new(
+        p: &'a mut Pipeline,
+        tasks: &'a [Task],
+        now: Timestamp,
+        journal: &'a Journal,
+        actor: &'a Actor,
+    ) -> Self {
         Run {
             p,
             tasks,
@@ -114,7 +120,12 @@ impl<'a> Run<'a> {
             .tasks
             .iter()
             .filter(|t| t.stage == stage && t.pipeline_context.attempt == attempt)
-            .map(|t| self.changed.get(&t.task_id).map(|(c, _)| c.clone()).unwrap_or_else(|| t.clone()))
+            .map(|t| {
+                self.changed
+                    .get(&t.task_id)
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or_else(|| t.clone())
+            })
             .collect();
         out.extend(
             self.plan
@@ -132,7 +143,12 @@ impl<'a> Run<'a> {
             .get(&before.task_id)
             .map(|(_, s)| *s)
             .unwrap_or(before.status);
-        if let Some(ins) = self.plan.inserts.iter_mut().find(|t| t.task_id == after.task_id) {
+        if let Some(ins) = self
+            .plan
+            .inserts
+            .iter_mut()
+            .find(|t| t.task_id == after.task_id)
+        {
             *ins = after;
             return;
         }
@@ -140,24 +156,33 @@ impl<'a> Run<'a> {
     }
 
     fn event(&mut self, kind: &str, stage: Option<u32>, payload: Object) {
-        let e = self.journal.pipeline_event(kind, self.p, stage, self.actor, payload, self.now);
+        let e = self
+            .journal
+            .pipeline_event(kind, self.p, stage, self.actor, payload, self.now);
         self.plan.events.push(e);
     }
 
     fn task_event(&mut self, kind: &str, task: &Task, payload: Object) {
-        let e = self.journal.task_event(kind, task, self.actor, payload, self.now);
+        let e = self
+            .journal
+            .task_event(kind, task, self.actor, payload, self.now);
         self.plan.events.push(e);
     }
 
     fn state_mut(&mut self, stage: u32) -> &mut StageState {
-        let idx = self.p.stages.iter().position(|s| s.stage == stage).unwrap_or_else(|| {
-            self.p.stages.push(StageState {
-                stage,
-                attempt: 1,
-                ..Default::default()
+        let idx = self
+            .p
+            .stages
+            .iter()
+            .position(|s| s.stage == stage)
+            .unwrap_or_else(|| {
+                self.p.stages.push(StageState {
+                    stage,
+                    attempt: 1,
+                    ..Default::default()
+                });
+                self.p.stages.len() - 1
             });
-            self.p.stages.len() - 1
-        });
         &mut self.p.stages[idx]
     }
 
@@ -202,7 +227,13 @@ impl<'a> Run<'a> {
     }
 
     /// One failed attempt of a leased or finished-badly task: retry with backoff or fail.
-    fn fail_attempt(&mut self, task: &Task, def: &StageDefinition, error: TaskError, jitter: &mut dyn FnMut() -> f64) {
+    fn fail_attempt(
+        &mut self,
+        task: &Task,
+        def: &StageDefinition,
+        error: TaskError,
+        jitter: &mut dyn FnMut() -> f64,
+    ) {
         let mut t = task.clone();
         let lease = lease_of(task);
         let next = if error.is_retryable && t.retry_count < t.max_retries {
@@ -216,7 +247,9 @@ impl<'a> Run<'a> {
         self.release_assignment(&mut t, &error.code);
         if next == TaskStatus::Retry {
             t.retry_count += 1;
-            let due = self.now.plus(def.retry_config.delay_for(t.retry_count, jitter()));
+            let due = self
+                .now
+                .plus(def.retry_config.delay_for(t.retry_count, jitter()));
             t.retry_at = Some(due);
             self.plan.wake_at(due);
         }
@@ -226,9 +259,16 @@ impl<'a> Run<'a> {
         let code = error.code.clone();
         t.error = Some(error);
         self.task_event(
-            if next == TaskStatus::Retry { "task_retry_scheduled" } else { "task_failed" },
+            if next == TaskStatus::Retry {
+                "task_retry_scheduled"
+            } else {
+                "task_failed"
+            },
             &t,
-            obj([("reason", code.into()), ("retry_count", t.retry_count.into())]),
+            obj([
+                ("reason", code.into()),
+                ("retry_count", t.retry_count.into()),
+            ]),
         );
         self.update(task, t);
     }
@@ -253,15 +293,27 @@ pub fn stage_input(p: &Pipeline, def: &StageDefinition) -> Object {
     let mut deps = Object::new();
     for d in &def.dependencies {
         if let Some(dep) = p.configuration.stages.iter().find(|s| s.stage == *d) {
-            let out = p.intermediate_results.get(&dep.name).cloned().unwrap_or(Value::Null);
+            let out = p
+                .intermediate_results
+                .get(&dep.name)
+                .cloned()
+                .unwrap_or(Value::Null);
             deps.insert(dep.name.clone(), out);
         }
     }
-    obj([("pipeline", Value::Object(p.input_data.clone())), ("dependencies", Value::Object(deps))])
+    obj([
+        ("pipeline", Value::Object(p.input_data.clone())),
+        ("dependencies", Value::Object(deps)),
+    ])
 }
 
 /// The tasks of one run of a stage: one, or one per item of its fan-out list.
-pub fn stage_tasks(p: &Pipeline, def: &StageDefinition, attempt: u32, now: Timestamp) -> Result<Vec<Task>, String> {
+pub fn stage_tasks(
+    p: &Pipeline,
+    def: &StageDefinition,
+    attempt: u32,
+    now: Timestamp,
+) -> Result<Vec<Task>, String> {
     let input = stage_input(p, def);
     let items: Option<Vec<Value>> = match &def.fan_out {
         None => None,
@@ -274,7 +326,12 @@ pub fn stage_tasks(p: &Pipeline, def: &StageDefinition, attempt: u32, now: Times
                     json_kind(other)
                 ))
             }
-            None => return Err(format!("stage {}: fan_out {pointer:?} names nothing in the stage input", def.stage)),
+            None => {
+                return Err(format!(
+                    "stage {}: fan_out {pointer:?} names nothing in the stage input",
+                    def.stage
+                ))
+            }
         },
     };
     let dependents: Vec<u32> = p
@@ -356,7 +413,10 @@ pub fn stage_output(def: &StageDefinition, tasks: &[Task]) -> Value {
             .unwrap_or(Value::Null)
     };
     if def.fan_out.is_some() {
-        let mut done: Vec<&Task> = tasks.iter().filter(|t| t.status == TaskStatus::Completed).collect();
+        let mut done: Vec<&Task> = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Completed)
+            .collect();
         done.sort_by_key(|t| t.pipeline_context.item_index);
         json!({ "items": done.into_iter().map(out).collect::<Vec<_>>() })
     } else {
@@ -412,7 +472,12 @@ pub fn reconcile(
     let before = p.clone();
     let mut run = Run::new(p, tasks, now, journal, actor);
     step(&mut run, jitter);
-    let Run { p, changed, mut plan, .. } = run;
+    let Run {
+        p,
+        changed,
+        mut plan,
+        ..
+    } = run;
     let mut updates: Vec<(Task, TaskStatus)> = changed.into_values().collect();
     updates.sort_by(|a, b| a.0.task_id.cmp(&b.0.task_id));
     plan.updates = updates;
@@ -467,6 +532,9 @@ fn step(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
             break;
         }
     }
+    if run.p.status.is_terminal() {
+        return;
+    }
     finish_if_done(run);
     update_progress(run);
 }
@@ -475,7 +543,9 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
     let now = run.now;
     let defs = run.p.configuration.stages.clone();
     for def in &defs {
-        let Some(state) = run.state(def.stage).cloned() else { continue };
+        let Some(state) = run.state(def.stage).cloned() else {
+            continue;
+        };
         if state.status != StageStatus::Running {
             continue;
         }
@@ -489,14 +559,19 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
                             n.retry_at = None;
                             n.assigned_agent_id = None;
                             run.plan.enqueue.push(QueueEntry::of(&n));
-                            run.task_event("task_requeued", &n, obj([("reason", "retry_due".into())]));
+                            run.task_event(
+                                "task_requeued",
+                                &n,
+                                obj([("reason", "retry_due".into())]),
+                            );
                             run.update(&t, n);
                         }
                     }
                     Some(due) => run.plan.wake_at(due),
                     None => {
                         let mut n = t.clone();
-                        let due = now.plus(def.retry_config.delay_for(n.retry_count.max(1), jitter()));
+                        let due =
+                            now.plus(def.retry_config.delay_for(n.retry_count.max(1), jitter()));
                         n.retry_at = Some(due);
                         n.updated_at = now;
                         run.plan.wake_at(due);
@@ -509,7 +584,10 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
                     if now >= limit {
                         let error = TaskError {
                             code: "timeout".into(),
-                            message: format!("attempt exceeded the stage timeout of {}s", def.timeout_seconds),
+                            message: format!(
+                                "attempt exceeded the stage timeout of {}s",
+                                def.timeout_seconds
+                            ),
                             is_retryable: true,
                             ..Default::default()
                         };
@@ -523,7 +601,10 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
         }
 
         let tasks = run.stage_tasks(def.stage, state.attempt);
-        let failed = tasks.iter().filter(|t| t.status == TaskStatus::Failed).count();
+        let failed = tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Failed)
+            .count();
         let done = tasks.iter().filter(|t| t.status.is_terminal()).count();
         let total = tasks.len().max(1);
         run.state_mut(def.stage).progress = done as f64 / total as f64;
@@ -543,7 +624,10 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
             run.event(
                 "stage_completed",
                 Some(def.stage),
-                obj([("tasks", tasks.len().into()), ("failed_tasks", failed.into())]),
+                obj([
+                    ("tasks", tasks.len().into()),
+                    ("failed_tasks", failed.into()),
+                ]),
             );
         }
     }
@@ -556,18 +640,29 @@ fn stage_failed(run: &mut Run<'_>, def: &StageDefinition, tasks: &[Task]) {
     let errors: Vec<Value> = tasks
         .iter()
         .filter(|t| t.status == TaskStatus::Failed)
-        .filter_map(|t| t.error.as_ref().map(|e| json!({"task_id": t.task_id, "code": e.code, "message": e.message})))
+        .filter_map(|t| {
+            t.error
+                .as_ref()
+                .map(|e| json!({"task_id": t.task_id, "code": e.code, "message": e.message}))
+        })
         .collect();
     let attempt = run.state(def.stage).map_or(1, |s| s.attempt);
     let retry = run.p.error_strategy.retry_failed_stages && attempt == 1;
     {
         let st = run.state_mut(def.stage);
-        st.errors.push(obj([("attempt", attempt.into()), ("failed_tasks", Value::Array(errors.clone()))]));
+        st.errors.push(obj([
+            ("attempt", attempt.into()),
+            ("failed_tasks", Value::Array(errors.clone())),
+        ]));
     }
     run.p.errors.push(PipelineErrorEntry {
         stage: def.stage,
         task_id: None,
-        error: obj([("code", "stage_failed".into()), ("attempt", attempt.into()), ("tasks", Value::Array(errors))]),
+        error: obj([
+            ("code", "stage_failed".into()),
+            ("attempt", attempt.into()),
+            ("tasks", Value::Array(errors)),
+        ]),
         handled: retry || run.p.error_strategy.on_stage_failure == OnStageFailure::Continue,
     });
     if retry {
@@ -580,10 +675,15 @@ fn stage_failed(run: &mut Run<'_>, def: &StageDefinition, tasks: &[Task]) {
         return;
     }
     let strategy = run.p.error_strategy.on_stage_failure;
+    let now = run.now;
     let st = run.state_mut(def.stage);
     st.status = StageStatus::Failed;
-    st.completed_at = Some(run.now);
-    run.event("stage_failed", Some(def.stage), obj([("strategy", strategy.as_str().into())]));
+    st.completed_at = Some(now);
+    run.event(
+        "stage_failed",
+        Some(def.stage),
+        obj([("strategy", strategy.as_str().into())]),
+    );
     if strategy != OnStageFailure::Continue {
         finish_failed(run, strategy, "stage_failed");
     }
@@ -595,7 +695,12 @@ fn finish_failed(run: &mut Run<'_>, strategy: OnStageFailure, reason: &str) {
     let all: Vec<Task> = run
         .tasks
         .iter()
-        .map(|t| run.changed.get(&t.task_id).map(|(c, _)| c.clone()).unwrap_or_else(|| t.clone()))
+        .map(|t| {
+            run.changed
+                .get(&t.task_id)
+                .map(|(c, _)| c.clone())
+                .unwrap_or_else(|| t.clone())
+        })
         .chain(run.plan.inserts.clone())
         .collect();
     for t in &all {
@@ -620,14 +725,23 @@ fn finish_failed(run: &mut Run<'_>, strategy: OnStageFailure, reason: &str) {
     run.event(
         "pipeline_failed",
         None,
-        obj([("reason", reason.into()), ("strategy", strategy.as_str().into())]),
+        obj([
+            ("reason", reason.into()),
+            ("strategy", strategy.as_str().into()),
+        ]),
     );
 }
 
 /// Starts every stage whose dependencies are settled. Returns whether any started.
 fn start_ready_stages(run: &mut Run<'_>) -> bool {
     let continue_on_failure = run.p.error_strategy.on_stage_failure == OnStageFailure::Continue;
-    let status_of = |p: &Pipeline, n: u32| p.stages.iter().find(|s| s.stage == n).map(|s| s.status).unwrap_or_default();
+    let status_of = |p: &Pipeline, n: u32| {
+        p.stages
+            .iter()
+            .find(|s| s.stage == n)
+            .map(|s| s.status)
+            .unwrap_or_default()
+    };
     let ready: Vec<StageDefinition> = run
         .p
         .configuration
@@ -635,11 +749,13 @@ fn start_ready_stages(run: &mut Run<'_>) -> bool {
         .iter()
         .filter(|d| status_of(run.p, d.stage) == StageStatus::Pending)
         .filter(|d| {
-            d.dependencies.iter().all(|&dep| match status_of(run.p, dep) {
-                StageStatus::Completed => true,
-                StageStatus::Failed => continue_on_failure,
-                _ => false,
-            })
+            d.dependencies
+                .iter()
+                .all(|&dep| match status_of(run.p, dep) {
+                    StageStatus::Completed => true,
+                    StageStatus::Failed => continue_on_failure,
+                    _ => false,
+                })
         })
         .cloned()
         .collect();
@@ -662,19 +778,30 @@ fn start_ready_stages(run: &mut Run<'_>) -> bool {
                 st.tasks = ids.clone();
                 st.progress = 0.0;
                 run.p.performance_metrics.total_tasks += ids.len() as u64;
-                run.event("stage_started", Some(def.stage), obj([("tasks", ids.len().into())]));
+                run.event(
+                    "stage_started",
+                    Some(def.stage),
+                    obj([("tasks", ids.len().into())]),
+                );
             }
             Err(message) => {
                 let st = run.state_mut(def.stage);
                 st.status = StageStatus::Failed;
-                st.errors.push(obj([("code", "bad_input".into()), ("message", message.clone().into())]));
+                st.errors.push(obj([
+                    ("code", "bad_input".into()),
+                    ("message", message.clone().into()),
+                ]));
                 run.p.errors.push(PipelineErrorEntry {
                     stage: def.stage,
                     task_id: None,
                     error: obj([("code", "bad_input".into()), ("message", message.into())]),
                     handled: continue_on_failure,
                 });
-                run.event("stage_failed", Some(def.stage), obj([("reason", "bad_input".into())]));
+                run.event(
+                    "stage_failed",
+                    Some(def.stage),
+                    obj([("reason", "bad_input".into())]),
+                );
                 if !continue_on_failure {
                     let strategy = run.p.error_strategy.on_stage_failure;
                     finish_failed(run, strategy, "stage_failed");
@@ -690,9 +817,12 @@ fn finish_if_done(run: &mut Run<'_>) {
     let settled = |s: StageStatus| matches!(s, StageStatus::Completed | StageStatus::Failed);
     let defs = &run.p.configuration.stages;
     if defs.is_empty()
-        || !defs
-            .iter()
-            .all(|d| run.p.stages.iter().any(|s| s.stage == d.stage && settled(s.status)))
+        || !defs.iter().all(|d| {
+            run.p
+                .stages
+                .iter()
+                .any(|s| s.stage == d.stage && settled(s.status))
+        })
     {
         return;
     }
@@ -700,7 +830,12 @@ fn finish_if_done(run: &mut Run<'_>) {
     for d in defs {
         let is_sink = !defs.iter().any(|o| o.dependencies.contains(&d.stage));
         if is_sink {
-            let v = run.p.intermediate_results.get(&d.name).cloned().unwrap_or(Value::Null);
+            let v = run
+                .p
+                .intermediate_results
+                .get(&d.name)
+                .cloned()
+                .unwrap_or(Value::Null);
             output.insert(d.name.clone(), v);
         }
     }
@@ -711,9 +846,21 @@ fn finish_if_done(run: &mut Run<'_>) {
     p.completed_at = Some(now);
     p.progress = 1.0;
     p.performance_metrics.total_duration = p.started_at.map(|s| now.seconds_since(s));
-    p.performance_metrics.stage_durations = p.stages.iter().map(|s| s.actual_duration.unwrap_or(0.0)).collect();
-    let failed_stages = p.stages.iter().filter(|s| s.status == StageStatus::Failed).count();
-    run.event("pipeline_completed", None, obj([("failed_stages", failed_stages.into())]));
+    p.performance_metrics.stage_durations = p
+        .stages
+        .iter()
+        .map(|s| s.actual_duration.unwrap_or(0.0))
+        .collect();
+    let failed_stages = p
+        .stages
+        .iter()
+        .filter(|s| s.status == StageStatus::Failed)
+        .count();
+    run.event(
+        "pipeline_completed",
+        None,
+        obj([("failed_stages", failed_stages.into())]),
+    );
 }
 
 fn update_progress(run: &mut Run<'_>) {
@@ -749,7 +896,10 @@ pub fn command(
     journal: &Journal,
     actor: &Actor,
 ) -> Result<Plan, CommandRefused> {
-    let refused = CommandRefused { command: cmd, status: p.status };
+    let refused = CommandRefused {
+        command: cmd,
+        status: p.status,
+    };
     let target = match cmd {
         Command::Cancel => PipelineStatus::Cancelled,
         Command::Pause => PipelineStatus::Paused,
@@ -771,7 +921,8 @@ pub fn command(
                 }
             }
             run.p.completed_at = Some(now);
-            run.p.performance_metrics.total_duration = run.p.started_at.map(|s| now.seconds_since(s));
+            run.p.performance_metrics.total_duration =
+                run.p.started_at.map(|s| now.seconds_since(s));
         }
         Command::Pause => {
             for t in current.iter().filter(|t| t.status == TaskStatus::Pending) {
@@ -791,7 +942,12 @@ pub fn command(
         Command::Resume => "pipeline_resumed",
     };
     run.event(kind, None, Object::new());
-    let Run { p, changed, mut plan, .. } = run;
+    let Run {
+        p,
+        changed,
+        mut plan,
+        ..
+    } = run;
     let mut updates: Vec<(Task, TaskStatus)> = changed.into_values().collect();
     updates.sort_by(|a, b| a.0.task_id.cmp(&b.0.task_id));
     plan.updates = updates;
@@ -805,7 +961,11 @@ pub fn command(
 /// Records an agent's failure report on a task: a retryable error with retries left moves it to
 /// `retry` (its coordinator schedules the backoff), anything else to `failed`. Returns the new
 /// state, or why the move is illegal.
-pub fn record_failure(task: &mut Task, error: TaskError, now: Timestamp) -> Result<TaskStatus, crate::model::InvalidTransition> {
+pub fn record_failure(
+    task: &mut Task,
+    error: TaskError,
+    now: Timestamp,
+) -> Result<TaskStatus, crate::model::InvalidTransition> {
     let next = if error.is_retryable && task.retry_count < task.max_retries {
         TaskStatus::Retry
     } else {

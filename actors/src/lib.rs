@@ -20,6 +20,7 @@
 
 pub mod broker;
 pub mod clock;
+pub mod engine;
 pub mod journal;
 pub mod model;
 pub mod store;
