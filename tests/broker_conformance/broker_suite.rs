@@ -143,7 +143,7 @@ pub async fn claim_on_empty_is_none(fx: BrokerFixture) {
 
 pub async fn enqueue_is_idempotent(fx: BrokerFixture) {
     let e = entry("t1", "x", 4, Some(100), 1);
-    fx.broker.enqueue(&[e.clone()]).await.unwrap();
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
     fx.broker.enqueue(&[e.clone(), e.clone()]).await.unwrap();
     assert_eq!(fx.broker.queue_len("x").await.unwrap(), 1);
     assert_eq!(claim_ids(&fx, "a", &["x"]).await, ["t1"]);
@@ -171,7 +171,10 @@ pub async fn dequeue_removes_a_queued_task(fx: BrokerFixture) {
     assert!(!fx.broker.dequeue(&a).await.unwrap(), "second dequeue");
     assert_eq!(fx.broker.queue_len("x").await.unwrap(), 1);
     assert_eq!(claim_ids(&fx, "ag", &["x"]).await, ["b"]);
-    assert!(!fx.broker.dequeue(&b).await.unwrap(), "claimed is not queued");
+    assert!(
+        !fx.broker.dequeue(&b).await.unwrap(),
+        "claimed is not queued"
+    );
 }
 
 pub async fn queue_len_counts_every_priority(fx: BrokerFixture) {
@@ -211,7 +214,10 @@ pub async fn claim_grants_a_lease(fx: BrokerFixture) {
 }
 
 pub async fn renew_extends_the_lease(fx: BrokerFixture) {
-    fx.broker.enqueue(&[entry("t", "x", 5, None, 1)]).await.unwrap();
+    fx.broker
+        .enqueue(&[entry("t", "x", 5, None, 1)])
+        .await
+        .unwrap();
     let l = claim(&fx, "ag", &["x"]).await.unwrap();
     fx.clock.advance(Duration::from_secs(20));
     let r = fx.broker.renew(&l, Duration::from_secs(60)).await.unwrap();
@@ -227,7 +233,10 @@ pub async fn renew_extends_the_lease(fx: BrokerFixture) {
 }
 
 pub async fn wrong_owner_or_token_is_lease_lost(fx: BrokerFixture) {
-    fx.broker.enqueue(&[entry("t", "x", 5, None, 1)]).await.unwrap();
+    fx.broker
+        .enqueue(&[entry("t", "x", 5, None, 1)])
+        .await
+        .unwrap();
     let l = claim(&fx, "ag", &["x"]).await.unwrap();
     let forged = [
         Lease {
@@ -255,11 +264,17 @@ pub async fn wrong_owner_or_token_is_lease_lost(fx: BrokerFixture) {
     assert_eq!(fx.broker.lease("t").await.unwrap(), Some(l.clone()));
     assert!(fx.broker.running_tasks().await.unwrap().is_empty());
     assert_eq!(fx.broker.assigned_tasks("ag").await.unwrap(), ["t"]);
-    fx.broker.renew(&l, TTL).await.expect("the owner still holds it");
+    fx.broker
+        .renew(&l, TTL)
+        .await
+        .expect("the owner still holds it");
 }
 
 pub async fn lapsed_lease_is_lost_and_listed(fx: BrokerFixture) {
-    fx.broker.enqueue(&[entry("t", "x", 5, None, 1)]).await.unwrap();
+    fx.broker
+        .enqueue(&[entry("t", "x", 5, None, 1)])
+        .await
+        .unwrap();
     let l = claim(&fx, "ag", &["x"]).await.unwrap();
     fx.clock.advance(TTL + ms(1));
     assert_lease_lost(fx.broker.renew(&l, TTL).await, "renew lapsed");
@@ -296,7 +311,7 @@ pub async fn lapsed_leases_are_bounded_oldest_first(fx: BrokerFixture) {
 
 pub async fn requeue_after_lapse_gives_larger_token(fx: BrokerFixture) {
     let e = entry("t", "x", 5, None, 1);
-    fx.broker.enqueue(&[e.clone()]).await.unwrap();
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
     let old = claim(&fx, "ag-old", &["x"]).await.unwrap();
     fx.broker.start(&old).await.unwrap();
     fx.clock.advance(TTL + ms(1));
@@ -317,7 +332,7 @@ pub async fn requeue_after_lapse_gives_larger_token(fx: BrokerFixture) {
 
 pub async fn requeue_with_older_lease_keeps_newer_lease(fx: BrokerFixture) {
     let e = entry("t", "x", 5, None, 1);
-    fx.broker.enqueue(&[e.clone()]).await.unwrap();
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
     let old = claim(&fx, "ag-old", &["x"]).await.unwrap();
     fx.clock.advance(TTL + ms(1));
     fx.broker.requeue(&e, Some(&old)).await.unwrap();
@@ -328,8 +343,14 @@ pub async fn requeue_with_older_lease_keeps_newer_lease(fx: BrokerFixture) {
     assert_eq!(fx.broker.lease("t").await.unwrap(), Some(new.clone()));
     assert_eq!(fx.broker.assigned_tasks("ag-new").await.unwrap(), ["t"]);
     assert_eq!(fx.broker.running_tasks().await.unwrap(), ["t"]);
-    assert!(claim(&fx, "ag-3", &["x"]).await.is_none(), "not handed out twice");
-    fx.broker.renew(&new, TTL).await.expect("newer lease survives");
+    assert!(
+        claim(&fx, "ag-3", &["x"]).await.is_none(),
+        "not handed out twice"
+    );
+    fx.broker
+        .renew(&new, TTL)
+        .await
+        .expect("newer lease survives");
     // Requeue with the current lease does drop it.
     fx.broker.requeue(&e, Some(&new)).await.unwrap();
     assert!(fx.broker.lease("t").await.unwrap().is_none());
@@ -340,10 +361,10 @@ pub async fn requeue_with_older_lease_keeps_newer_lease(fx: BrokerFixture) {
 
 pub async fn claim_skips_live_leased_tasks(fx: BrokerFixture) {
     let e = entry("t", "x", 5, None, 1);
-    fx.broker.enqueue(&[e.clone()]).await.unwrap();
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
     let l = claim(&fx, "ag", &["x"]).await.unwrap();
     // Queued again while leased (e.g. a rebuild racing a claim).
-    fx.broker.enqueue(&[e.clone()]).await.unwrap();
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
     fx.broker
         .enqueue(&[entry("u", "x", 1, None, 2)])
         .await
@@ -376,7 +397,10 @@ pub async fn start_and_finish(fx: BrokerFixture) {
 }
 
 pub async fn start_with_wrong_owner_is_lease_lost(fx: BrokerFixture) {
-    fx.broker.enqueue(&[entry("t", "x", 5, None, 1)]).await.unwrap();
+    fx.broker
+        .enqueue(&[entry("t", "x", 5, None, 1)])
+        .await
+        .unwrap();
     let l = claim(&fx, "ag", &["x"]).await.unwrap();
     let thief = Lease {
         agent_id: "thief".into(),
@@ -392,15 +416,34 @@ pub async fn locks_acquire_renew_release(fx: BrokerFixture) {
     let key = LockKey::Pipeline("p1".into());
     let other = LockKey::PipelineStage("p1".into(), 2);
     let now = fx.clock.now();
-    let f = fx.broker.acquire_lock(&key, "i1", TTL).await.unwrap().unwrap();
+    let f = fx
+        .broker
+        .acquire_lock(&key, "i1", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(f.owner, "i1");
     assert_eq!((f.locked_at, f.expires_at), (now, now.plus(TTL)));
-    assert!(fx.broker.acquire_lock(&key, "i2", TTL).await.unwrap().is_none());
+    assert!(fx
+        .broker
+        .acquire_lock(&key, "i2", TTL)
+        .await
+        .unwrap()
+        .is_none());
     assert!(
-        fx.broker.acquire_lock(&key, "i1", TTL).await.unwrap().is_none(),
+        fx.broker
+            .acquire_lock(&key, "i1", TTL)
+            .await
+            .unwrap()
+            .is_none(),
         "not reentrant"
     );
-    let g = fx.broker.acquire_lock(&other, "i2", TTL).await.unwrap().unwrap();
+    let g = fx
+        .broker
+        .acquire_lock(&other, "i2", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(g.token > f.token, "one counter for every grant");
 
     fx.clock.advance(Duration::from_secs(20));
@@ -411,33 +454,62 @@ pub async fn locks_acquire_renew_release(fx: BrokerFixture) {
         owner: "i2".into(),
         ..f2.clone()
     };
-    assert_lock_lost(fx.broker.renew_lock(&key, &forged, TTL).await, "renew foreign");
-    assert_lock_lost(fx.broker.release_lock(&key, &forged).await, "release foreign");
+    assert_lock_lost(
+        fx.broker.renew_lock(&key, &forged, TTL).await,
+        "renew foreign",
+    );
+    assert_lock_lost(
+        fx.broker.release_lock(&key, &forged).await,
+        "release foreign",
+    );
     let stale = Fence {
         token: f.token + 100,
         ..f2.clone()
     };
-    assert_lock_lost(fx.broker.release_lock(&key, &stale).await, "release bad token");
+    assert_lock_lost(
+        fx.broker.release_lock(&key, &stale).await,
+        "release bad token",
+    );
     assert_lock_lost(fx.broker.renew_lock(&other, &f2, TTL).await, "wrong key");
 
     fx.broker.release_lock(&key, &f2).await.unwrap();
     assert_lock_lost(fx.broker.renew_lock(&key, &f2, TTL).await, "renew released");
-    let h = fx.broker.acquire_lock(&key, "i2", TTL).await.unwrap().unwrap();
+    let h = fx
+        .broker
+        .acquire_lock(&key, "i2", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(h.token > g.token);
 }
 
 pub async fn lapsed_lock_goes_to_next_owner_with_larger_token(fx: BrokerFixture) {
     let key = LockKey::PipelineStage("p9".into(), 1);
-    let f = fx.broker.acquire_lock(&key, "i1", TTL).await.unwrap().unwrap();
+    let f = fx
+        .broker
+        .acquire_lock(&key, "i1", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     fx.clock.advance(TTL + ms(1));
     assert_lock_lost(fx.broker.renew_lock(&key, &f, TTL).await, "renew lapsed");
-    let g = fx.broker.acquire_lock(&key, "i2", TTL).await.unwrap().unwrap();
+    let g = fx
+        .broker
+        .acquire_lock(&key, "i2", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(g.owner, "i2");
     assert!(g.token > f.token);
     assert_lock_lost(fx.broker.renew_lock(&key, &f, TTL).await, "stale renew");
     assert_lock_lost(fx.broker.release_lock(&key, &f).await, "stale release");
     // The stale owner's release did not free it.
-    assert!(fx.broker.acquire_lock(&key, "i3", TTL).await.unwrap().is_none());
+    assert!(fx
+        .broker
+        .acquire_lock(&key, "i3", TTL)
+        .await
+        .unwrap()
+        .is_none());
     fx.broker.renew_lock(&key, &g, TTL).await.unwrap();
 }
 
@@ -466,22 +538,46 @@ pub async fn rate_limit_fixed_window(fx: BrokerFixture) {
     let window = Duration::from_secs(60);
     let opened = fx.clock.now();
     for i in 1..=3 {
-        let d = fx.broker.rate_limit("submit", "u1", 3, window).await.unwrap();
+        let d = fx
+            .broker
+            .rate_limit("submit", "u1", 3, window)
+            .await
+            .unwrap();
         assert!(d.allowed, "request {i}");
         assert_eq!((d.count, d.limit), (i, 3));
         assert_eq!(d.reset_at, opened.plus(window));
         fx.clock.advance(Duration::from_secs(5));
     }
-    let d = fx.broker.rate_limit("submit", "u1", 3, window).await.unwrap();
+    let d = fx
+        .broker
+        .rate_limit("submit", "u1", 3, window)
+        .await
+        .unwrap();
     assert!(!d.allowed);
     assert_eq!(d.count, 4);
     assert_eq!(d.reset_at, opened.plus(window));
     // Other actors and endpoints have their own windows.
-    assert!(fx.broker.rate_limit("submit", "u2", 3, window).await.unwrap().allowed);
-    assert!(fx.broker.rate_limit("query", "u1", 3, window).await.unwrap().allowed);
+    assert!(
+        fx.broker
+            .rate_limit("submit", "u2", 3, window)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        fx.broker
+            .rate_limit("query", "u1", 3, window)
+            .await
+            .unwrap()
+            .allowed
+    );
 
     fx.clock.set(opened.plus(window).plus(ms(1)));
-    let d = fx.broker.rate_limit("submit", "u1", 3, window).await.unwrap();
+    let d = fx
+        .broker
+        .rate_limit("submit", "u1", 3, window)
+        .await
+        .unwrap();
     assert!(d.allowed, "new window");
     assert_eq!(d.count, 1);
     assert_eq!(d.reset_at, fx.clock.now().plus(window));
@@ -499,9 +595,18 @@ fn session(agent: &str) -> Session {
 pub async fn sessions_put_get_delete(fx: BrokerFixture) {
     let ttl = Duration::from_secs(1800);
     assert!(fx.broker.get_session("s1").await.unwrap().is_none());
-    fx.broker.put_session("s1", &session("a1"), ttl).await.unwrap();
-    fx.broker.put_session("s2", &session("a2"), ttl).await.unwrap();
-    assert_eq!(fx.broker.get_session("s1").await.unwrap(), Some(session("a1")));
+    fx.broker
+        .put_session("s1", &session("a1"), ttl)
+        .await
+        .unwrap();
+    fx.broker
+        .put_session("s2", &session("a2"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.broker.get_session("s1").await.unwrap(),
+        Some(session("a1"))
+    );
     let mut updated = session("a1");
     updated.last_activity = Timestamp::from_millis(T0);
     fx.broker.put_session("s1", &updated, ttl).await.unwrap();
@@ -509,7 +614,10 @@ pub async fn sessions_put_get_delete(fx: BrokerFixture) {
     fx.broker.delete_session("s1").await.unwrap();
     fx.broker.delete_session("s1").await.unwrap(); // idempotent
     assert!(fx.broker.get_session("s1").await.unwrap().is_none());
-    assert_eq!(fx.broker.get_session("s2").await.unwrap(), Some(session("a2")));
+    assert_eq!(
+        fx.broker.get_session("s2").await.unwrap(),
+        Some(session("a2"))
+    );
 }
 
 pub async fn caches_put_get_every_key(fx: BrokerFixture) {
@@ -563,8 +671,14 @@ pub async fn agent_presence_and_capabilities(fx: BrokerFixture) {
     for p in [&a1, &a2, &a3] {
         fx.broker.publish_agent(p).await.unwrap();
     }
-    assert_eq!(fx.broker.agent_presence("a1").await.unwrap(), Some(a1.clone()));
-    assert_eq!(fx.broker.agent_presence("a3").await.unwrap(), Some(a3.clone()));
+    assert_eq!(
+        fx.broker.agent_presence("a1").await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(
+        fx.broker.agent_presence("a3").await.unwrap(),
+        Some(a3.clone())
+    );
     assert!(fx.broker.agent_presence("nobody").await.unwrap().is_none());
     assert_eq!(
         sorted(fx.broker.active_agents().await.unwrap()),
@@ -582,7 +696,12 @@ pub async fn agent_presence_and_capabilities(fx: BrokerFixture) {
         fx.broker.agents_with_capability("y", 10).await.unwrap(),
         vec![("a1".into(), 0.9)]
     );
-    assert!(fx.broker.agents_with_capability("z", 10).await.unwrap().is_empty());
+    assert!(fx
+        .broker
+        .agents_with_capability("z", 10)
+        .await
+        .unwrap()
+        .is_empty());
 
     // A heartbeat with a new score re-ranks.
     fx.broker
@@ -592,10 +711,21 @@ pub async fn agent_presence_and_capabilities(fx: BrokerFixture) {
     let ranked = fx.broker.agents_with_capability("x", 1).await.unwrap();
     assert_eq!(ranked, vec![("a2".into(), 0.95)]);
 
-    fx.broker.withdraw_agent("a1", &a1.capabilities).await.unwrap();
+    fx.broker
+        .withdraw_agent("a1", &a1.capabilities)
+        .await
+        .unwrap();
     assert!(fx.broker.agent_presence("a1").await.unwrap().is_none());
-    assert_eq!(sorted(fx.broker.active_agents().await.unwrap()), ["a2", "a3"]);
-    assert!(fx.broker.agents_with_capability("y", 10).await.unwrap().is_empty());
+    assert_eq!(
+        sorted(fx.broker.active_agents().await.unwrap()),
+        ["a2", "a3"]
+    );
+    assert!(fx
+        .broker
+        .agents_with_capability("y", 10)
+        .await
+        .unwrap()
+        .is_empty());
     let ids: Vec<String> = fx
         .broker
         .agents_with_capability("x", 10)
@@ -644,7 +774,15 @@ pub async fn purge_empties_everything(fx: BrokerFixture) {
 pub async fn concurrent_claimers_take_each_task_once(fx: BrokerFixture) {
     const N: usize = 1000;
     let entries: Vec<QueueEntry> = (0..N)
-        .map(|i| entry(&format!("t{i:04}"), "race", (i % 10) as u8 + 1, None, i as i64))
+        .map(|i| {
+            entry(
+                &format!("t{i:04}"),
+                "race",
+                (i % 10) as u8 + 1,
+                None,
+                i as i64,
+            )
+        })
         .collect();
     for chunk in entries.chunks(250) {
         fx.broker.enqueue(chunk).await.unwrap();
@@ -695,13 +833,7 @@ fn stored_task(id: &str, status: TaskStatus, priority: u8, created: i64) -> Task
     }
 }
 
-fn leased(
-    id: &str,
-    status: TaskStatus,
-    agent: &str,
-    token: u64,
-    expires_in: i64,
-) -> Task {
+fn leased(id: &str, status: TaskStatus, agent: &str, token: u64, expires_in: i64) -> Task {
     Task {
         assigned_agent_id: Some(agent.into()),
         assigned_at: Some(Timestamp::from_millis(T0 - 10_000)),
@@ -726,7 +858,13 @@ fn rebuild_store() -> FakeStore {
         .collect();
     tasks.push(leased("as-live", TaskStatus::Assigned, "ag-1", 400, 60_000));
     tasks.push(leased("run-live", TaskStatus::Running, "ag-2", 500, 60_000));
-    tasks.push(leased("as-lapsed", TaskStatus::Assigned, "ag-3", 300, -5_000));
+    tasks.push(leased(
+        "as-lapsed",
+        TaskStatus::Assigned,
+        "ag-3",
+        300,
+        -5_000,
+    ));
     // Assigned with no recorded lease: queued again (at-least-once).
     tasks.push(Task {
         assigned_agent_id: None,
@@ -763,12 +901,19 @@ async fn dirty_then_flush(fx: &BrokerFixture) {
 pub async fn rebuild_restores_queues_and_leases(fx: BrokerFixture) {
     dirty_then_flush(&fx).await;
     let store = rebuild_store();
-    let report = fx.broker.rebuild_from(&store, fx.clock.now()).await.unwrap();
+    let report = fx
+        .broker
+        .rebuild_from(&store, fx.clock.now())
+        .await
+        .unwrap();
     assert_eq!(report.queued, PENDING + 1);
     assert_eq!(report.leases_restored, 2);
     assert_eq!(report.leases_lapsed, 1);
     assert_eq!(report.fence_floor, OLD_MAX_TOKEN);
-    assert_eq!(fx.broker.queue_len("rb").await.unwrap(), (PENDING + 1) as u64);
+    assert_eq!(
+        fx.broker.queue_len("rb").await.unwrap(),
+        (PENDING + 1) as u64
+    );
     assert!(fx.broker.lease("junk").await.unwrap().is_none());
 
     // Live leases are back, renewable by their owners with their old tokens.
@@ -779,16 +924,30 @@ pub async fn rebuild_restores_queues_and_leases(fx: BrokerFixture) {
         locked_at: Timestamp::from_millis(T0 - 10_000),
         expires_at: Timestamp::from_millis(T0 + 60_000),
     };
-    assert_eq!(fx.broker.lease("as-live").await.unwrap(), Some(live.clone()));
+    assert_eq!(
+        fx.broker.lease("as-live").await.unwrap(),
+        Some(live.clone())
+    );
     fx.broker.renew(&live, TTL).await.expect("owner renews");
-    let run = fx.broker.lease("run-live").await.unwrap().expect("running lease");
+    let run = fx
+        .broker
+        .lease("run-live")
+        .await
+        .unwrap()
+        .expect("running lease");
     assert_eq!((run.agent_id.as_str(), run.token), ("ag-2", 500));
     assert_eq!(fx.broker.running_tasks().await.unwrap(), ["run-live"]);
-    assert_eq!(fx.broker.assigned_tasks("ag-2").await.unwrap(), ["run-live"]);
+    assert_eq!(
+        fx.broker.assigned_tasks("ag-2").await.unwrap(),
+        ["run-live"]
+    );
     assert_eq!(fx.broker.assigned_tasks("ag-1").await.unwrap(), ["as-live"]);
     let lapsed = fx.broker.lapsed_leases(10).await.unwrap();
     assert_eq!(lapsed.len(), 1);
-    assert_eq!((lapsed[0].task_id.as_str(), lapsed[0].token), ("as-lapsed", 300));
+    assert_eq!(
+        (lapsed[0].task_id.as_str(), lapsed[0].token),
+        ("as-lapsed", 300)
+    );
 
     // Every queued task is claimable once, with a token above every recorded one.
     let mut claimed = BTreeSet::new();
@@ -810,9 +969,15 @@ pub async fn rebuild_is_idempotent(fx: BrokerFixture) {
     dirty_then_flush(&fx).await;
     let store = rebuild_store();
     for _ in 0..2 {
-        fx.broker.rebuild_from(&store, fx.clock.now()).await.unwrap();
+        fx.broker
+            .rebuild_from(&store, fx.clock.now())
+            .await
+            .unwrap();
     }
-    assert_eq!(fx.broker.queue_len("rb").await.unwrap(), (PENDING + 1) as u64);
+    assert_eq!(
+        fx.broker.queue_len("rb").await.unwrap(),
+        (PENDING + 1) as u64
+    );
     assert_eq!(fx.broker.lapsed_leases(10).await.unwrap().len(), 1);
     let mut claimed = BTreeSet::new();
     while let Some(l) = claim(&fx, "new", &["rb"]).await {
@@ -822,7 +987,10 @@ pub async fn rebuild_is_idempotent(fx: BrokerFixture) {
     // Rebuilding while those leases are live (the store still says pending) hands nothing out
     // again, and leaves the new leases and the restored ones alone.
     let held = fx.broker.lease("pend-000").await.unwrap().expect("leased");
-    fx.broker.rebuild_from(&store, fx.clock.now()).await.unwrap();
+    fx.broker
+        .rebuild_from(&store, fx.clock.now())
+        .await
+        .unwrap();
     assert!(claim(&fx, "again", &["rb"]).await.is_none());
     assert_eq!(fx.broker.lease("pend-000").await.unwrap(), Some(held));
     let run = fx.broker.lease("run-live").await.unwrap().unwrap();

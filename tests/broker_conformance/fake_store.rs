@@ -8,8 +8,8 @@
 use async_trait::async_trait;
 use mcpd_actors::model::{Agent, AuditLog, Event, Metric, Pipeline, Task};
 use mcpd_actors::store::{
-    AgentQuery, AuditQuery, EventQuery, MetricQuery, Page, Paged, PipelineQuery, Store,
-    StoreError, StoreResult, TaskQuery, Transition,
+    AgentQuery, AuditQuery, EventQuery, MetricQuery, Page, Paged, PipelineQuery, Store, StoreError,
+    StoreResult, TaskQuery, Transition,
 };
 
 /// Tasks in a vector, queried by a linear scan (tests hold at most a few thousand).
@@ -19,7 +19,9 @@ pub struct FakeStore {
 }
 
 fn unsupported<T>() -> StoreResult<T> {
-    Err(StoreError::Invalid("not supported by the test store".into()))
+    Err(StoreError::Invalid(
+        "not supported by the test store".into(),
+    ))
 }
 
 impl FakeStore {
@@ -34,8 +36,7 @@ impl FakeStore {
             && q.pipeline_id.as_ref().is_none_or(|p| *p == t.pipeline_id)
             && q.stage.is_none_or(|s| s == t.stage)
             && q.task_type.as_ref().is_none_or(|ty| *ty == t.task_type)
-            && q
-                .assigned_agent_id
+            && q.assigned_agent_id
                 .as_ref()
                 .is_none_or(|a| t.assigned_agent_id.as_ref() == Some(a))
     }
