@@ -179,8 +179,18 @@ pub async fn rebuild_is_idempotent(fx: BrokerFixture) {
         assert!(claimed.insert(l.task_id.clone()), "{} twice", l.task_id);
     }
     assert_eq!(claimed, expected_queued());
-    // Rebuilding while those leases are live (the store still says pending) hands nothing out
-    // again, and leaves the new leases and the restored ones alone.
+    // The reaper requeues the lapsed task and someone claims it; the store (not yet updated)
+    // still records the old lease.
+    let lapsed = fx.broker.lapsed_leases(10).await.unwrap().remove(0);
+    let lapsed_entry = entry("as-lapsed", "rb", 5, None, 0);
+    fx.broker
+        .requeue(&lapsed_entry, Some(&lapsed))
+        .await
+        .unwrap();
+    let reclaimed = claim(&fx, "reaped", &["rb"]).await.expect("requeued");
+    assert_eq!(reclaimed.task_id, "as-lapsed");
+    // Rebuilding while those leases are live (the store still says pending or holds an older
+    // lease) hands nothing out again, and leaves the new leases and the restored ones alone.
     let held = fx.broker.lease("pend-000").await.unwrap().expect("leased");
     fx.broker
         .rebuild_from(&store, fx.clock.now())
@@ -188,6 +198,12 @@ pub async fn rebuild_is_idempotent(fx: BrokerFixture) {
         .unwrap();
     assert!(claim(&fx, "again", &["rb"]).await.is_none());
     assert_eq!(fx.broker.lease("pend-000").await.unwrap(), Some(held));
+    assert_eq!(
+        fx.broker.lease("as-lapsed").await.unwrap(),
+        Some(reclaimed),
+        "an older recorded lease never replaces a newer one"
+    );
+    assert!(fx.broker.lapsed_leases(10).await.unwrap().is_empty());
     let run = fx.broker.lease("run-live").await.unwrap().unwrap();
     assert_eq!(run.token, 500);
 }
