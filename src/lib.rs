@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //!
+//! - [`broker`] — the broker backends: [`broker::memory`] (in-process) and `broker::redis`.
 //! - [`config`] — layered configuration (`config/default.toml`, `--config FILE`,
 //!   `MCPD__SECTION__KEY`), validation with one-line errors, masked rendering.
 //! - [`daemon`] — the library entry points: [`daemon::run`] (serve until a shutdown future
@@ -15,6 +16,7 @@
 //! - `main.rs` / `cli.rs` (binary only) — command line, tracing set-up, exit codes.
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod config;
 pub mod daemon;
 pub mod http;
