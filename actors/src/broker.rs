@@ -367,6 +367,11 @@ pub trait Broker: Send + Sync + 'static {
     /// but never a newer one. Idempotent.
     async fn requeue(&self, entry: &QueueEntry, lease: Option<&Lease>) -> BrokerResult<()>;
 
+    /// Drops a lease — lapsed or live — without queuing the task: the task timed out, was
+    /// cancelled, or its lease was found stale. Drops `lease` or an older one, never a newer
+    /// one; `true` when something was dropped. Idempotent.
+    async fn revoke(&self, lease: &Lease) -> BrokerResult<bool>;
+
     /// The task's current lease, live or lapsed-but-unreaped.
     async fn lease(&self, task_id: &str) -> BrokerResult<Option<Lease>>;
 

@@ -360,6 +360,19 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
+    async fn revoke(&self, lease: &Lease) -> BrokerResult<bool> {
+        let mut st = self.state.lock();
+        match st.leases.get(&lease.task_id).map(|s| s.token) {
+            Some(stored) if stored <= lease.token => Ok(st.drop_lease(&lease.task_id).is_some()),
+            Some(_) => Ok(false),
+            None => {
+                st.unassign(&lease.agent_id, &lease.task_id);
+                st.running.remove(&lease.task_id);
+                Ok(false)
+            }
+        }
+    }
+
     async fn lease(&self, task_id: &str) -> BrokerResult<Option<Lease>> {
         Ok(self.state.lock().leases.get(task_id).cloned())
     }

@@ -360,6 +360,31 @@ pub async fn requeue_with_older_lease_keeps_newer_lease(fx: BrokerFixture) {
     assert!(third.token > new.token);
 }
 
+pub async fn revoke_drops_a_lease_without_queuing(fx: BrokerFixture) {
+    let e = entry("t", "x", 5, None, 1);
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
+    let old = claim(&fx, "ag-old", &["x"]).await.unwrap();
+    fx.broker.start(&old).await.unwrap();
+    // A live lease is revoked (stage timeout, cancel): gone, and the task is not queued.
+    assert!(fx.broker.revoke(&old).await.unwrap());
+    assert!(!fx.broker.revoke(&old).await.unwrap(), "idempotent");
+    assert!(fx.broker.lease("t").await.unwrap().is_none());
+    assert!(fx.broker.assigned_tasks("ag-old").await.unwrap().is_empty());
+    assert!(fx.broker.running_tasks().await.unwrap().is_empty());
+    assert!(fx.broker.lapsed_leases(10).await.unwrap().is_empty());
+    assert_eq!(fx.broker.queue_len("x").await.unwrap(), 0);
+    assert_lease_lost(fx.broker.renew(&old, TTL).await, "revoked lease renews");
+    // An older lease never revokes a newer one.
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
+    let new = claim(&fx, "ag-new", &["x"]).await.unwrap();
+    assert!(!fx.broker.revoke(&old).await.unwrap());
+    assert_eq!(fx.broker.lease("t").await.unwrap(), Some(new.clone()));
+    fx.broker
+        .renew(&new, TTL)
+        .await
+        .expect("newer lease survives");
+}
+
 pub async fn claim_skips_live_leased_tasks(fx: BrokerFixture) {
     let e = entry("t", "x", 5, None, 1);
     fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();

@@ -43,6 +43,7 @@ macro_rules! broker_conformance {
             lapsed_leases_are_bounded_oldest_first,
             requeue_after_lapse_gives_larger_token,
             requeue_with_older_lease_keeps_newer_lease,
+            revoke_drops_a_lease_without_queuing,
             claim_skips_live_leased_tasks,
             start_and_finish,
             start_with_wrong_owner_is_lease_lost,
