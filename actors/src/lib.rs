@@ -20,7 +20,10 @@
 
 pub mod broker;
 pub mod clock;
+pub mod deps;
+pub mod dispatch;
 pub mod engine;
+pub mod error;
 pub mod journal;
 pub mod model;
 pub mod store;
