@@ -19,3 +19,4 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod shutdown;
+pub mod store;

@@ -47,7 +47,10 @@ fn dropped_redis_stops_listening() {
     let port = redis.port();
     drop(redis);
     let refused = std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
-    assert!(refused, "redis on port {port} still accepts connections after drop");
+    assert!(
+        refused,
+        "redis on port {port} still accepts connections after drop"
+    );
 }
 
 #[tokio::test]
@@ -58,14 +61,26 @@ async fn shared_mongo_answers_ping_and_runs_a_transaction() {
         .expect("parse url");
     let db = client.database(&unique_name("harness"));
     let reply = db.run_command(doc! { "ping": 1 }).await.expect("ping");
-    assert_eq!(reply.get_f64("ok").ok().or(reply.get_i32("ok").ok().map(f64::from)), Some(1.0));
+    assert_eq!(
+        reply
+            .get_f64("ok")
+            .ok()
+            .or(reply.get_i32("ok").ok().map(f64::from)),
+        Some(1.0)
+    );
 
     // The store needs multi-document transactions; prove the URL gives us a topology that
     // supports them.
     let collection = db.collection::<mongodb::bson::Document>("things");
-    collection.insert_one(doc! { "_id": 0 }).await.expect("create collection");
+    collection
+        .insert_one(doc! { "_id": 0 })
+        .await
+        .expect("create collection");
     let mut session = client.start_session().await.expect("start session");
-    session.start_transaction().await.expect("start transaction");
+    session
+        .start_transaction()
+        .await
+        .expect("start transaction");
     collection
         .insert_one(doc! { "_id": 1 })
         .session(&mut session)
@@ -86,7 +101,9 @@ async fn mongo_direct_connection_url_also_works() {
     let direct = mongo
         .url()
         .replace("?replicaSet=secantus", "?directConnection=true");
-    let client = mongodb::Client::with_uri_str(&direct).await.expect("parse url");
+    let client = mongodb::Client::with_uri_str(&direct)
+        .await
+        .expect("parse url");
     let reply = client
         .database(&unique_name("harness"))
         .run_command(doc! { "ping": 1 })
@@ -110,5 +127,8 @@ fn dropped_mongo_stops_listening() {
         .expect("port in url");
     drop(mongo);
     let refused = std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
-    assert!(refused, "secantusd on port {port} still accepts connections after drop");
+    assert!(
+        refused,
+        "secantusd on port {port} still accepts connections after drop"
+    );
 }

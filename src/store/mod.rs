@@ -1,0 +1,3 @@
+//! Store backends: implementations of [`mcpd_actors::store::Store`].
+
+pub mod mongo;
