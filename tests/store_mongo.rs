@@ -2,7 +2,10 @@
 //! `$MCPD_TEST_MONGODB_URL`): schema (indexes, schema version), encoding, transitions and
 //! queries. Every test works in its own database on the shared server.
 
+mod conformance;
 mod support;
+
+use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 use futures::TryStreamExt as _;
@@ -19,6 +22,10 @@ async fn store() -> MongoStore {
         .await
         .expect("connect to the shared mongodb server")
 }
+
+crate::store_conformance!(conformance_suite, async {
+    Arc::new(store().await) as Arc<dyn Store>
+});
 
 fn task(id: &str, priority: u8, created_ms: i64) -> Task {
     Task {
