@@ -441,3 +441,77 @@ async fn an_unreachable_server_is_unavailable() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.is_retryable());
 }
+
+/// The standalone-server path (no transactions): preconditions still hold write by write, the
+/// entity writes precede the events, and — the documented trade-off — a failure part-way
+/// leaves the earlier writes in place.
+#[tokio::test]
+async fn without_transactions_writes_in_order_and_keeps_cas() {
+    let s = store().await.without_transactions_for_tests();
+    assert!(!s.supports_transactions());
+    let mut t = task("t-sa", 5, 1_000);
+    insert(&s, &mut t).await;
+    let mut stale = t.clone();
+    t.status = TaskStatus::Assigned;
+    s.apply(
+        Transition::new()
+            .write(Write::update_from(&mut t, "pending"))
+            .event(event("e-sa-1", "t-sa", 1_000)),
+    )
+    .await
+    .unwrap();
+    let err = s
+        .apply(Transition::new().write(Write::update(&mut stale)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+
+    let mut fresh = task("t-sa-new", 5, 2_000);
+    let mut dup = task("t-sa", 5, 2_000);
+    let err = s
+        .apply(
+            Transition::new()
+                .write(Write::insert(&mut fresh))
+                .write(Write::insert(&mut dup))
+                .event(event("e-sa-2", "t-sa-new", 2_000)),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(
+        s.get_task("t-sa-new").await.unwrap().is_some(),
+        "not atomic without transactions"
+    );
+    let events = s
+        .query_events(&EventQuery::default(), &Page::first(10))
+        .await
+        .unwrap();
+    let ids: Vec<_> = events.items.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["e-sa-1"], "events come after the entity writes");
+}
+
+/// A fresh database migrates from 0 to 1, and every index of the plan is either created or
+/// reported as refused by the server (SecantusDB has no text indexes) — never a failed start.
+#[tokio::test]
+async fn every_planned_index_is_created_or_reported_skipped() {
+    use mcpd::store::mongo::{indexes::index_specs, migrate};
+    let s = store().await;
+    let fresh = s.database().client().database(&support::unique_name("mig"));
+    let report = migrate::migrate(&fresh).await.unwrap();
+    assert_eq!((report.from_version, report.to_version), (0, 1));
+    assert_eq!(report.applied, [1]);
+    for spec in index_specs() {
+        let names = fresh
+            .collection::<Document>(spec.collection)
+            .list_index_names()
+            .await
+            .unwrap();
+        let created = names.iter().any(|n| n == spec.name);
+        let skipped = report.notes.iter().any(|n| n.contains(spec.name));
+        assert!(
+            created ^ skipped,
+            "{}: created {created}, skipped {skipped}",
+            spec.name
+        );
+    }
+}

@@ -117,6 +117,14 @@ impl MongoStore {
         self.transactions
     }
 
+    /// Switches this handle to the standalone-server write path (in-order writes, no
+    /// transaction) on any deployment, so tests can exercise it against a replica set.
+    #[doc(hidden)]
+    pub fn without_transactions_for_tests(mut self) -> Self {
+        self.transactions = false;
+        self
+    }
+
     /// The database, for tools and tests that inspect raw documents.
     pub fn database(&self) -> &Database {
         &self.db
