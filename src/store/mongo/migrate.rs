@@ -5,7 +5,7 @@
 //! "Data Migration Strategy". [`migrate`] applies every migration above `current_version`, in
 //! order, and records each one right after it succeeded, so an interrupted run resumes where it
 //! stopped. Migrations must be idempotent: two mcpd instances starting together may both apply
-//! one; only the first records it (the record is a conditional upsert, see [`record`]).
+//! one; only the first records it (the record is a conditional upsert, see `record`).
 
 use bson::{doc, Bson, Document};
 use futures::future::BoxFuture;

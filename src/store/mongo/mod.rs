@@ -4,7 +4,7 @@
 //! It owns the mapping of the [`Store`] contract onto MongoDB:
 //! - **atomicity** ([`apply`](Store::apply)): one multi-document transaction per transition on
 //!   a replica set or sharded cluster; in-order, per-document-atomic writes on a standalone
-//!   server, which has no transactions (see [`apply`] for what that gives up).
+//!   server, which has no transactions (see the `apply` module for what that gives up).
 //! - **concurrency control**: compare-and-set through the replacement filter (`revision`,
 //!   optionally `status`) and fencing of task writes (`lease_token` never goes down).
 //! - **schema**: indexes and the seed's `schema_version` document, by [`MongoStore::migrate`],
@@ -112,7 +112,7 @@ impl MongoStore {
         migrate::migrate(&self.db).await
     }
 
-    /// Whether transitions are applied in multi-document transactions (see [`apply`]).
+    /// Whether transitions are applied in multi-document transactions (see the `apply` module).
     pub fn supports_transactions(&self) -> bool {
         self.transactions
     }
@@ -219,7 +219,7 @@ impl Store for MongoStore {
     /// precondition would abort the whole group, and the contract is one all-or-nothing
     /// outcome *per transition*. MongoDB gains nothing from grouping commits (each commit is
     /// its own oplog entry), so the round trips are overlapped instead: transitions on
-    /// disjoint entities run concurrently (at most [`BATCH_CONCURRENCY`]), and a transition
+    /// disjoint entities run concurrently (at most `BATCH_CONCURRENCY`, 16), and a transition
     /// touching an entity an earlier one of the batch touches waits for it, so dependent
     /// transitions see each other in batch order.
     async fn apply_batch(&self, txs: Vec<Transition>) -> Vec<StoreResult<()>> {
