@@ -297,7 +297,11 @@ impl ConfigError {
 impl Config {
     /// Loads defaults, then `extra_file`, then `MCPD__…` variables from the process environment.
     pub fn load(extra_file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(extra_file, std::env::vars())
+        // `vars()` would panic on a non-UTF-8 variable anywhere in the environment; such a
+        // variable cannot be one of ours, so skip it.
+        let env = std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)));
+        Self::load_from(extra_file, env)
     }
 
     /// Like [`Config::load`], but reads overrides from `env` instead of the process environment,

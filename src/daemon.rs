@@ -71,8 +71,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     //    up to the timeout (actix's graceful stop).
     info!(phase = "stop intake", "shutting down");
     root.trigger();
-    server_handle.stop(true).await;
-    server.await.context("http server failed while stopping")?;
+    // The server future processes the stop command, so it must be polled while we wait.
+    let ((), stopped) = tokio::join!(server_handle.stop(true), server);
+    stopped.context("http server failed while stopping")?;
     // 2. Stop dispatch: the dispatcher watches a child of the root token (already cancelled).
     // 3. Drain tracked work with whatever is left of the timeout.
     info!(phase = "drain", "shutting down");

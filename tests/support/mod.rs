@@ -177,11 +177,12 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        // SIGTERM first: SecantusDB removes its `:memory:` temp directory on a clean stop.
+        // SIGTERM first: SecantusDB removes its `:memory:` temp directory on a clean stop,
+        // which takes it about 2 s (more on a loaded machine); SIGKILL only as a last resort.
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: plain syscall on a pid we own and have not reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let stopped = wait_until(Duration::from_secs(5), || {
+        let stopped = wait_until(Duration::from_secs(10), || {
             matches!(self.child.try_wait(), Ok(Some(_)))
         });
         if !stopped {
