@@ -1,0 +1,3 @@
+//! mcpd daemon crate.
+
+pub mod store;
