@@ -21,3 +21,4 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod shutdown;
+pub mod store;
