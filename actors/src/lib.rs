@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent_registry;
 pub mod broker;
 pub mod clock;
 pub mod deps;
