@@ -26,5 +26,8 @@ pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod journal;
+pub mod messages;
+pub mod metrics_aggregator;
 pub mod model;
+pub mod stats;
 pub mod store;
