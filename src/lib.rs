@@ -1,0 +1,2 @@
+//! mcpd daemon crate.
+pub mod broker;
