@@ -1,0 +1,113 @@
+//! The daemon's library entry points: [`run`] (serve until told to stop) and [`migrate`].
+//!
+//! `main.rs` only parses the command line, loads the configuration, sets up tracing and calls
+//! these; tests call them directly with their own shutdown future.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer};
+use anyhow::Context as _;
+use tracing::info;
+
+use crate::config::{mask_url, Config, StoreBackend};
+use crate::http::{self, AppState, Readiness};
+use crate::shutdown::Shutdown;
+
+/// Runs the daemon until `shutdown` completes, then stops in the order documented in
+/// [`crate::shutdown`] and returns.
+///
+/// Must be called inside an actix system (`actix_web::rt::System::new().block_on(..)`,
+/// `#[actix_web::main]` or `#[actix_web::test]`): the HTTP server's workers are actix arbiters.
+///
+/// Errors: a listener that cannot be bound (the error names the address), a data directory that
+/// cannot be created, or the HTTP server failing while running.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    log_startup(&config);
+    let root = Shutdown::new();
+
+    // Created here, after validation, never by config loading: a bad config writes nothing.
+    if config.store.backend == StoreBackend::Embedded {
+        std::fs::create_dir_all(&config.store.data_dir).with_context(|| {
+            format!(
+                "cannot create store.data_dir {}",
+                config.store.data_dir.display()
+            )
+        })?;
+    }
+
+    // TODO(store/broker): open the store and the broker here, register their pings with
+    // `Readiness::with`, and start the supervisor tree on `root.tracker()` with child tokens.
+    let readiness = Readiness::new();
+
+    let state = AppState {
+        readiness,
+        shutdown: root.child_token(),
+    };
+    let http_addr = config.server.http_addr;
+    let timeout = Duration::from_secs(config.server.shutdown_timeout_seconds);
+    let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
+        // We own the signals (see `shutdown::shutdown_signal`) so the shutdown order holds.
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout_seconds)
+        .bind(http_addr)
+        .with_context(|| format!("cannot listen on server.http_addr {http_addr}"))?
+        .run();
+    let server_handle = server.handle();
+    let mut server = std::pin::pin!(server);
+    info!(%http_addr, "http listening");
+    // TODO(network edge): the framed agent protocol listener binds `server.tcp_addr` here.
+
+    tokio::select! {
+        result = &mut server => {
+            result.context("http server failed")?;
+            anyhow::bail!("http server stopped unexpectedly");
+        }
+        () = shutdown => {}
+    }
+
+    let deadline = Instant::now() + timeout;
+    // 1. Stop intake: /readyz turns 503 at once; listeners close and in-flight requests get
+    //    up to the timeout (actix's graceful stop).
+    info!(phase = "stop intake", "shutting down");
+    root.trigger();
+    // The server future processes the stop command, so it must be polled while we wait.
+    let ((), stopped) = tokio::join!(server_handle.stop(true), server);
+    stopped.context("http server failed while stopping")?;
+    // 2. Stop dispatch: the dispatcher watches a child of the root token (already cancelled).
+    // 3. Drain tracked work with whatever is left of the timeout.
+    info!(phase = "drain", "shutting down");
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if !root.drain(remaining).await {
+        tracing::warn!(
+            timeout_seconds = config.server.shutdown_timeout_seconds,
+            "drain timed out; unfinished tasks keep their leases and will be requeued"
+        );
+    }
+    // 4. Persist and 5. release locks: done by the store and broker handles as they drop,
+    //    once they exist (TODO(store/broker)).
+    info!("stopped");
+    Ok(())
+}
+
+/// Creates or upgrades the store's schema (collections, indexes) and exits.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    // TODO(store): open the configured store backend and apply its migrations (collections and
+    // indexes from seed/mcp-database-schema.md). Until the store lands this is a no-op.
+    info!(backend = %config.store.backend, "migrate: nothing to do yet");
+    Ok(())
+}
+
+fn log_startup(config: &Config) {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        store = %config.store.backend,
+        data_dir = %config.store.data_dir.display(),
+        mongodb_uri = config.store.mongodb.uri.as_deref().map(mask_url).unwrap_or_default(),
+        broker = %config.broker.backend,
+        redis_url = %mask_url(&config.broker.redis.url),
+        http_addr = %config.server.http_addr,
+        tcp_addr = %config.server.tcp_addr,
+        "mcpd starting"
+    );
+}
