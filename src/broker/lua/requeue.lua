@@ -10,6 +10,10 @@ local dropped = 0
 if token >= 0 then
   local current = decode(redis.call('GET', KEYS[1]))
   if current and token_of(current) > token then
+    -- The given lease is stale; its agent lost the task unless it also holds the newer one.
+    if ARGV[4] ~= '' and ARGV[4] ~= holder(current) then
+      redis.call('SREM', prefix .. 'tasks:assigned:' .. ARGV[4], task_id)
+    end
     return {'newer', token_of(current)}
   end
   if current ~= nil then
