@@ -485,3 +485,39 @@ async fn unreachable_server_is_unavailable() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// The scripts format dates themselves (Redis Lua has no date library): they must agree with
+/// the Rust side on every calendar corner.
+#[tokio::test]
+async fn scripts_write_dates_as_rust_does() {
+    let (b, clock, p) = redis_broker().await;
+    let mut conn = raw().await;
+    let parse = |s: &str| Timestamp::parse_rfc3339(s).unwrap().millis();
+    let mut instants = vec![
+        0,
+        parse("1999-12-31T23:59:59.999Z"),
+        parse("2000-02-29T12:00:00.001Z"),
+        parse("2000-03-01T00:00:00.000Z"),
+        parse("2024-02-29T23:59:59.999Z"),
+        parse("2100-02-28T23:59:59.999Z"),
+        parse("2100-03-01T00:00:00.000Z"),
+        parse("2400-02-29T00:00:00.000Z"),
+    ];
+    instants.extend((0..200).map(|_| rand::random_range(0..parse("2500-01-01T00:00:00Z"))));
+    for (i, at) in instants.iter().enumerate() {
+        clock.set(Timestamp::from_millis(*at));
+        let key = LockKey::Pipeline(format!("d{i}"));
+        let fence = b
+            .acquire_lock(&key, "o", Duration::from_millis(1))
+            .await
+            .unwrap()
+            .expect("free lock");
+        let value = get(&mut conn, &format!("{p}lock:pipeline:d{i}")).await;
+        assert_eq!(
+            value["locked_at"],
+            Timestamp::from_millis(*at).to_rfc3339(),
+            "at {at} ms"
+        );
+        assert_eq!(fence.locked_at.millis(), *at);
+    }
+}

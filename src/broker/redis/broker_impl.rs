@@ -214,11 +214,19 @@ impl Broker for RedisBroker {
         for ((id, key), value) in ids.iter().zip(&lock_keys).zip(values) {
             let Some(raw) = value else {
                 // The lock key was collected (or deleted): nothing left to reap here; the
-                // store's own sweep of lapsed leases covers the task.
+                // store still records the lease, and a rebuild restores it.
                 gone.push(id.clone());
                 continue;
             };
-            let lease: Lease = serde_json::from_str(&raw).map_err(|e| corrupt(key, e))?;
+            let lease: Lease = match serde_json::from_str(&raw) {
+                Ok(lease) => lease,
+                Err(e) => {
+                    // One bad value must not stall the reaper: drop it from the index and go on.
+                    tracing::warn!(key = %key, error = %corrupt(key, e), "lapsed_leases: skipping");
+                    gone.push(id.clone());
+                    continue;
+                }
+            };
             if lease.expires_at <= now {
                 lapsed.push(lease);
             }

@@ -19,6 +19,15 @@
 //! presence and status caches carry the seed's TTL as PX and also record their logical expiry
 //! (`expires_at_ms`), so a reader judges them against the same clock.
 //!
+//! # Errors
+//! Driver errors are mapped in `error.rs`: a refused or dropped connection, a pool that hands
+//! out no connection in time, or a server that is loading or read-only is
+//! [`BrokerError::Unavailable`]; an I/O timeout is [`BrokerError::Timeout`]; a value that does
+//! not decode is [`BrokerError::Corrupt`] naming its key; script and other errors are
+//! [`BrokerError::Backend`]. Scripts report a failed owner/token check as an outcome, which
+//! becomes [`BrokerError::LeaseLost`] / [`BrokerError::LockLost`] with the reason (`expired`,
+//! `held by another owner`, `superseded by token N`, `no lease` / `not held`).
+//!
 //! # Scale
 //! A claim is O(log n) per capability and priority (the head of each sorted set); the reaper
 //! reads `leases:expiry` by score and fetches the lease values with one MGET; purge walks the
