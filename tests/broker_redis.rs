@@ -521,3 +521,32 @@ async fn scripts_write_dates_as_rust_does() {
         assert_eq!(fence.locked_at.millis(), *at);
     }
 }
+
+#[tokio::test]
+async fn claim_over_an_unreaped_lapsed_lease_moves_the_task() {
+    let (b, clock, _) = redis_broker().await;
+    let e = entry("t1", "x", 5);
+    b.enqueue(std::slice::from_ref(&e)).await.unwrap();
+    let old = b
+        .claim(&claim_req("ag-old", &["x"]))
+        .await
+        .unwrap()
+        .unwrap();
+    b.start(&old).await.unwrap();
+    clock.advance(TTL);
+    // The task is queued again (requeue without a lease) before the reaper ran.
+    b.requeue(&e, None).await.unwrap();
+    let new = b
+        .claim(&claim_req("ag-new", &["x"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.token > old.token);
+    assert!(b.assigned_tasks("ag-old").await.unwrap().is_empty());
+    assert_eq!(b.assigned_tasks("ag-new").await.unwrap(), ["t1"]);
+    assert!(
+        b.running_tasks().await.unwrap().is_empty(),
+        "not started yet"
+    );
+    assert!(b.lapsed_leases(10).await.unwrap().is_empty());
+}

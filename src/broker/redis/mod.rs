@@ -6,7 +6,7 @@
 //!
 //! # Atomicity
 //! A change that touches several keys, or reads before it writes, is one Lua script
-//! ([`scripts`], files in `src/broker/lua/`), so no interleaving of instances can observe or
+//! (`scripts.rs`, files in `src/broker/lua/`), so no interleaving of instances can observe or
 //! create a half-done claim, renewal or lock hand-over. Batches of independent commands go in
 //! one pipeline (enqueue, queue lengths), and presence updates in one `MULTI`.
 //!
@@ -37,7 +37,7 @@
 
 mod error;
 pub mod keys;
-pub mod scripts;
+mod scripts;
 
 use std::time::Duration;
 
