@@ -627,3 +627,6 @@ impl Broker for MemoryBroker {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,8 @@
 
 pub mod broker_suite;
 pub mod fake_store;
+pub mod rebuild_suite;
+pub mod services_suite;
 
 pub use broker_suite::BrokerFixture;
 
