@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //!
-//! - [`broker`] — the broker backends: [`broker::memory`] (in-process) and `broker::redis`.
+//! - [`broker`] — the broker backends: [`broker::memory`] (in-process) and [`broker::redis`] (Redis, Lua scripts).
+//! - [`store`] — the store backends: [`store::embedded`] (SQLite) and [`store::mongo`] (MongoDB).
 //! - [`config`] — layered configuration (`config/default.toml`, `--config FILE`,
 //!   `MCPD__SECTION__KEY`), validation with one-line errors, masked rendering.
 //! - [`daemon`] — the library entry points: [`daemon::run`] (serve until a shutdown future

@@ -10,3 +10,4 @@
 //! - [`memory`]: in-process structures behind one mutex, for a single instance and for tests.
 
 pub mod memory;
+pub mod redis;
