@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/secantusd-py ]; then
         python3 -m venv .venv
     fi
     .venv/bin/pip install --quiet --upgrade pip
-    .venv/bin/pip install --quiet secantusdb
+    .venv/bin/pip install --quiet "secantusdb==0.7.0b3"
 fi
 MCPD_TEST_SECANTUSD="$PWD/.venv/bin/secantusd-py"
 

@@ -4,14 +4,19 @@
 //! these; tests call them directly with their own shutdown future.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpServer};
 use anyhow::Context as _;
+use async_trait::async_trait;
+use mcpd_actors::broker::Broker;
+use mcpd_actors::clock::{SharedClock, SystemClock};
+use mcpd_actors::store::Store;
 use tracing::info;
 
 use crate::config::{mask_url, Config, StoreBackend};
-use crate::http::{self, AppState, Readiness};
+use crate::http::{self, AppState, Readiness, ReadinessCheck};
 use crate::shutdown::Shutdown;
 
 /// Runs the daemon until `shutdown` completes, then stops in the order documented in
@@ -36,9 +41,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })?;
     }
 
-    // TODO(store/broker): open the store and the broker here, register their pings with
-    // `Readiness::with`, and start the supervisor tree on `root.tracker()` with child tokens.
-    let readiness = Readiness::new();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store = crate::store::open(&config.store).await?;
+    let broker = crate::broker::open(&config.broker, clock.clone()).await?;
+    // The broker may have lost its data (or be brand new): everything in it is rebuilt from
+    // the store before any agent is served, and its fencing counter raised above every token
+    // the store has recorded.
+    let report = broker
+        .rebuild_from(store.as_ref(), clock.now())
+        .await
+        .context("cannot rebuild the broker from the store")?;
+    info!(
+        queued = report.queued,
+        leases_restored = report.leases_restored,
+        leases_lapsed = report.leases_lapsed,
+        fence_floor = report.fence_floor,
+        "broker rebuilt from store"
+    );
+    let readiness = Readiness::new()
+        .with(Arc::new(StoreReady(store.clone())))
+        .with(Arc::new(BrokerReady(broker.clone())));
 
     let state = AppState {
         readiness,
@@ -92,10 +114,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Creates or upgrades the store's schema (collections, indexes) and exits.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    // TODO(store): open the configured store backend and apply its migrations (collections and
-    // indexes from seed/mcp-database-schema.md). Until the store lands this is a no-op.
-    info!(backend = %config.store.backend, "migrate: nothing to do yet");
+    // Opening a store applies its pending migrations (tables or collections, the seed's
+    // indexes, the schema_version record) and refuses a schema newer than this binary.
+    let store = crate::store::open(&config.store).await?;
+    store
+        .ping()
+        .await
+        .context("store does not answer after migrating")?;
+    info!(backend = %config.store.backend, "schema up to date");
     Ok(())
+}
+
+/// `/readyz` check: the store answers.
+struct StoreReady(Arc<dyn Store>);
+
+#[async_trait]
+impl ReadinessCheck for StoreReady {
+    fn name(&self) -> &str {
+        "store"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
+}
+
+/// `/readyz` check: the broker answers.
+struct BrokerReady(Arc<dyn Broker>);
+
+#[async_trait]
+impl ReadinessCheck for BrokerReady {
+    fn name(&self) -> &str {
+        "broker"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        self.0.ping().await.map_err(|e| e.to_string())
+    }
 }
 
 fn log_startup(config: &Config) {

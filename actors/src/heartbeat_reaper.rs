@@ -28,7 +28,12 @@ pub struct HeartbeatReaper {
 
 impl HeartbeatReaper {
     /// A reaper over `deps`.
-    pub fn new(deps: Deps, registry: Addr<AgentRegistry>, settled: Recipient<TaskSettled>, queued: Recipient<TasksQueued>) -> Self {
+    pub fn new(
+        deps: Deps,
+        registry: Addr<AgentRegistry>,
+        settled: Recipient<TaskSettled>,
+        queued: Recipient<TasksQueued>,
+    ) -> Self {
         HeartbeatReaper {
             deps,
             registry,
@@ -42,7 +47,9 @@ impl Actor for HeartbeatReaper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.deps.settings.reaper_interval, |_, ctx| ctx.notify(Reap));
+        ctx.run_interval(self.deps.settings.reaper_interval, |_, ctx| {
+            ctx.notify(Reap)
+        });
     }
 }
 
@@ -93,10 +100,16 @@ impl Handler<Reap> for HeartbeatReaper {
                 }
             };
 
-            for lease in deps.broker.lapsed_leases(deps.settings.reaper_batch).await? {
+            for lease in deps
+                .broker
+                .lapsed_leases(deps.settings.reaper_batch)
+                .await?
+            {
                 match reclaim(&deps, &lease, "lease_expired").await {
                     Ok(r) => take(r, &mut report),
-                    Err(e) => tracing::warn!(task_id = %lease.task_id, cause = %e, "lapsed lease not reclaimed"),
+                    Err(e) => {
+                        tracing::warn!(task_id = %lease.task_id, cause = %e, "lapsed lease not reclaimed")
+                    }
                 }
             }
 
@@ -121,17 +134,23 @@ impl Handler<Reap> for HeartbeatReaper {
                     }
                 }
                 for task_id in deps.broker.assigned_tasks(&agent_id).await? {
-                    let Some(lease) = deps.broker.lease(&task_id).await? else { continue };
+                    let Some(lease) = deps.broker.lease(&task_id).await? else {
+                        continue;
+                    };
                     match reclaim(&deps, &lease, "agent_inactive").await {
                         Ok(r) => take(r, &mut report),
-                        Err(e) => tracing::warn!(task_id = %task_id, cause = %e, "lease of silent agent not reclaimed"),
+                        Err(e) => {
+                            tracing::warn!(task_id = %task_id, cause = %e, "lease of silent agent not reclaimed")
+                        }
                     }
                 }
             }
             if !requeued_types.is_empty() {
                 requeued_types.sort();
                 requeued_types.dedup();
-                queued.do_send(TasksQueued { task_types: requeued_types });
+                queued.do_send(TasksQueued {
+                    task_types: requeued_types,
+                });
             }
             if report != ReapReport::default() {
                 tracing::info!(

@@ -49,7 +49,12 @@ struct Waiter {
 
 impl TaskDispatcher {
     /// A dispatcher over `deps`.
-    pub fn new(deps: Deps, registry: Addr<AgentRegistry>, settled: Recipient<TaskSettled>, samples: Recipient<TaskSample>) -> Self {
+    pub fn new(
+        deps: Deps,
+        registry: Addr<AgentRegistry>,
+        settled: Recipient<TaskSettled>,
+        samples: Recipient<TaskSample>,
+    ) -> Self {
         TaskDispatcher {
             deps,
             registry,
@@ -82,8 +87,11 @@ impl TaskDispatcher {
             }
             true
         });
-        self.waiters
-            .sort_by(|a, b| score(&b.agent).total_cmp(&score(&a.agent)).then(a.id.cmp(&b.id)));
+        self.waiters.sort_by(|a, b| {
+            score(&b.agent)
+                .total_cmp(&score(&a.agent))
+                .then(a.id.cmp(&b.id))
+        });
         let ids: Vec<u64> = self
             .waiters
             .iter()
@@ -92,13 +100,17 @@ impl TaskDispatcher {
             .map(|w| w.id)
             .collect();
         for id in ids {
-            let Some(w) = self.waiters.iter_mut().find(|w| w.id == id) else { continue };
+            let Some(w) = self.waiters.iter_mut().find(|w| w.id == id) else {
+                continue;
+            };
             w.busy = true;
             let agent = w.agent.clone();
             let deps = self.deps.clone();
             let attempt = async move { try_claim(&deps, &agent).await };
             ctx.spawn(attempt.into_actor(self).map(move |res, act, _| {
-                let Some(pos) = act.waiters.iter().position(|w| w.id == id) else { return };
+                let Some(pos) = act.waiters.iter().position(|w| w.id == id) else {
+                    return;
+                };
                 match res {
                     Ok(None) => act.waiters[pos].busy = false,
                     done => {
@@ -108,7 +120,8 @@ impl TaskDispatcher {
                                 // The agent hung up between claim and answer: give it back.
                                 let deps = act.deps.clone();
                                 actix::spawn(async move {
-                                    let _ = dispatch::reclaim(&deps, &a.lease, "fetch_abandoned").await;
+                                    let _ =
+                                        dispatch::reclaim(&deps, &a.lease, "fetch_abandoned").await;
                                 });
                             }
                         }
@@ -193,11 +206,13 @@ impl Handler<FetchTask> for TaskDispatcher {
                 match next {
                     Next::Done(answer) => answer,
                     // The margin lets the re-check answer an expired waiter itself.
-                    Next::Wait(rx) => match tokio::time::timeout(wait + Duration::from_millis(50), rx).await {
-                        Ok(Ok(answer)) => answer,
-                        // Timed out, or the dispatcher restarted: no work this time.
-                        Ok(Err(_)) | Err(_) => Ok(None),
-                    },
+                    Next::Wait(rx) => {
+                        match tokio::time::timeout(wait + Duration::from_millis(50), rx).await {
+                            Ok(Ok(answer)) => answer,
+                            // Timed out, or the dispatcher restarted: no work this time.
+                            Ok(Err(_)) | Err(_) => Ok(None),
+                        }
+                    }
                 }
             }
             .into_actor(act)
@@ -232,7 +247,10 @@ fn announce(act: &TaskDispatcher, task: &Task, agent_id: &str) {
         load: 0,
     });
     let _ = act.samples.try_send(sample);
-    if matches!(task.status, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Retry) {
+    if matches!(
+        task.status,
+        TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Retry
+    ) {
         act.settled.do_send(TaskSettled { task: task.clone() });
     }
 }
@@ -258,14 +276,16 @@ impl Handler<CompleteTask> for TaskDispatcher {
         let deps = self.deps.clone();
         let agent_id = msg.agent_id.clone();
         Box::pin(
-            async move { dispatch::complete(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.report).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    if let Ok(t) = &res {
-                        announce(act, t, &agent_id);
-                    }
-                    res
-                }),
+            async move {
+                dispatch::complete(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.report).await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                if let Ok(t) = &res {
+                    announce(act, t, &agent_id);
+                }
+                res
+            }),
         )
     }
 }
@@ -291,14 +311,16 @@ impl Handler<FailTask> for TaskDispatcher {
         let deps = self.deps.clone();
         let agent_id = msg.agent_id.clone();
         Box::pin(
-            async move { dispatch::fail(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.error).await }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    if let Ok(t) = &res {
-                        announce(act, t, &agent_id);
-                    }
-                    res
-                }),
+            async move {
+                dispatch::fail(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.error).await
+            }
+            .into_actor(self)
+            .map(move |res, act, _| {
+                if let Ok(t) = &res {
+                    announce(act, t, &agent_id);
+                }
+                res
+            }),
         )
     }
 }
@@ -322,7 +344,9 @@ impl Handler<RenewLease> for TaskDispatcher {
 
     fn handle(&mut self, msg: RenewLease, _ctx: &mut Self::Context) -> Self::Result {
         let deps = self.deps.clone();
-        Box::pin(async move { dispatch::renew(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.started).await })
+        Box::pin(async move {
+            dispatch::renew(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.started).await
+        })
     }
 }
 

@@ -159,6 +159,8 @@ pub fn rich_task(id: &str, pipeline_id: &str) -> Task {
             stage_name: "detect".into(),
             stage_dependencies: vec![1],
             is_critical_path: true,
+            attempt: 2,
+            item_index: Some(3),
         },
         resource_requirements: ResourceRequirements {
             memory_mb: Some(1024),
@@ -191,6 +193,7 @@ pub fn rich_task(id: &str, pipeline_id: &str) -> Task {
         is_deleted: false,
         deleted_at: Some(ts(70_000)),
         lease_token: 17,
+        retry_at: Some(ts(45_000)),
         lease_expires_at: Some(ts(30_300)),
         revision: 1,
     }
@@ -218,6 +221,7 @@ pub fn rich_pipeline(id: &str) -> Pipeline {
                         delay_seconds: 5,
                         max_delay_seconds: Some(600),
                     },
+                    fan_out: None,
                 },
                 StageDefinition {
                     stage: 2,
@@ -232,6 +236,7 @@ pub fn rich_pipeline(id: &str) -> Pipeline {
                         delay_seconds: 10,
                         max_delay_seconds: Some(60),
                     },
+                    fan_out: Some("/pipeline/texts".into()),
                 },
             ],
             routing_rules: obj(json!({"bias_detection": {"prefer": "bias-detector"}})),
@@ -252,6 +257,7 @@ pub fn rich_pipeline(id: &str) -> Pipeline {
             actual_duration: Some(2.0),
             results: Some(rich_object("stage-results")),
             errors: vec![obj(json!({"code": "E1"}))],
+            attempt: 2,
         }],
         input_data: rich_object("pipeline-input"),
         output_data: Some(obj(json!({"summary": "ok"}))),

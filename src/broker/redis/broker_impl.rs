@@ -180,6 +180,25 @@ impl Broker for RedisBroker {
         }
     }
 
+    async fn revoke(&self, lease: &Lease) -> BrokerResult<bool> {
+        let mut inv = scripts::REVOKE.prepare_invoke();
+        inv.key(self.keys.task_lock(&lease.task_id))
+            .key(self.keys.running())
+            .key(self.keys.lease_expiry())
+            .arg(self.keys.prefix())
+            .arg(&lease.task_id)
+            .arg(lease.token)
+            .arg(&lease.agent_id);
+        let reply = self.run("revoke", &inv).await?;
+        match reply.tag()?.as_str() {
+            "dropped" => Ok(reply.int(1)? == 1),
+            "newer" => Ok(false),
+            other => Err(BrokerError::Backend(format!(
+                "revoke: unexpected outcome {other}"
+            ))),
+        }
+    }
+
     async fn lease(&self, task_id: &str) -> BrokerResult<Option<Lease>> {
         self.get_json("lease", &self.keys.task_lock(task_id)).await
     }

@@ -54,6 +54,11 @@ script!(
     "requeue.lua"
 );
 script!(
+    /// Drops a lease without queuing its task.
+    REVOKE,
+    "revoke.lua"
+);
+script!(
     /// Re-installs a lease from the store.
     RESTORE_LEASE,
     "restore_lease.lua"
