@@ -14,6 +14,7 @@
 //!   JSON errors; later the REST API, the agent WebSocket and `/metrics`.
 //! - [`shutdown`] — the root cancellation token, the task tracker, the SIGTERM/SIGINT future and
 //!   the documented shutdown order.
+//! - [`templates`] — pipeline templates usable by name (`config/pipelines/*.toml`).
 //! - `main.rs` / `cli.rs` (binary only) — command line, tracing set-up, exit codes.
 #![warn(missing_docs)]
 
@@ -23,3 +24,4 @@ pub mod daemon;
 pub mod http;
 pub mod shutdown;
 pub mod store;
+pub mod templates;
