@@ -43,6 +43,8 @@ pub struct Settings {
     pub restart_backoff_max: Duration,
     /// How often an agent's `last_heartbeat` is written to the store (the broker sees every one).
     pub heartbeat_persist_interval: Duration,
+    /// Whether exponential retry delays are jittered (off only for exact tests).
+    pub retry_jitter: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             restart_backoff: Duration::from_millis(100),
             restart_backoff_max: Duration::from_secs(10),
             heartbeat_persist_interval: Duration::from_secs(30),
+            retry_jitter: true,
         }
     }
 }

@@ -114,27 +114,20 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// The current version of every task of `stage` in its current attempt.
-    fn stage_tasks(&self, stage: u32, attempt: u32) -> Vec<Task> {
-        let mut out: Vec<Task> = self
-            .tasks
+    /// The current version of every task of `stage` in its current attempt, borrowed: a
+    /// coordinator reconciles after every settled task, so nothing is cloned that is only read.
+    fn stage_view(&self, stage: u32, attempt: u32) -> impl Iterator<Item = &Task> + '_ {
+        let of_stage = move |t: &&Task| t.stage == stage && t.pipeline_context.attempt == attempt;
+        self.tasks
             .iter()
-            .filter(|t| t.stage == stage && t.pipeline_context.attempt == attempt)
-            .map(|t| {
-                self.changed
-                    .get(&t.task_id)
-                    .map(|(c, _)| c.clone())
-                    .unwrap_or_else(|| t.clone())
-            })
-            .collect();
-        out.extend(
-            self.plan
-                .inserts
-                .iter()
-                .filter(|t| t.stage == stage && t.pipeline_context.attempt == attempt)
-                .cloned(),
-        );
-        out
+            .filter(of_stage)
+            .map(|t| self.changed.get(&t.task_id).map_or(t, |(c, _)| c))
+            .chain(self.plan.inserts.iter().filter(of_stage))
+    }
+
+    /// Owned copies of the tasks of a stage, for the rare steps that change or keep them.
+    fn stage_tasks(&self, stage: u32, attempt: u32) -> Vec<Task> {
+        self.stage_view(stage, attempt).cloned().collect()
     }
 
     fn update(&mut self, before: &Task, after: Task) {
@@ -550,7 +543,12 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
             continue;
         }
         let timeout = Duration::from_secs(def.timeout_seconds.into());
-        for t in run.stage_tasks(def.stage, state.attempt) {
+        let active: Vec<Task> = run
+            .stage_view(def.stage, state.attempt)
+            .filter(|t| !t.status.is_terminal() && t.status != TaskStatus::Pending)
+            .cloned()
+            .collect();
+        for t in active {
             match t.status {
                 TaskStatus::Retry => match t.retry_at {
                     Some(due) if due <= now => {
@@ -600,20 +598,21 @@ fn settle_running_stages(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
             }
         }
 
-        let tasks = run.stage_tasks(def.stage, state.attempt);
-        let failed = tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::Failed)
-            .count();
-        let done = tasks.iter().filter(|t| t.status.is_terminal()).count();
-        let total = tasks.len().max(1);
-        run.state_mut(def.stage).progress = done as f64 / total as f64;
+        let (mut failed, mut done, mut total) = (0, 0, 0);
+        for t in run.stage_view(def.stage, state.attempt) {
+            total += 1;
+            failed += usize::from(t.status == TaskStatus::Failed);
+            done += usize::from(t.status.is_terminal());
+        }
+        run.state_mut(def.stage).progress = done as f64 / total.max(1) as f64;
         if failed > run.p.error_strategy.max_failed_tasks as usize {
+            let tasks = run.stage_tasks(def.stage, state.attempt);
             stage_failed(run, def, &tasks);
             if run.p.status.is_terminal() {
                 return;
             }
-        } else if done == tasks.len() {
+        } else if done == total {
+            let tasks = run.stage_tasks(def.stage, state.attempt);
             let output = stage_output(def, &tasks);
             run.p.intermediate_results.insert(def.name.clone(), output);
             let st = run.state_mut(def.stage);

@@ -412,7 +412,14 @@ impl Handler<Reconcile> for StageCoordinator {
         };
         let now = self.deps.now();
         let mut rng = rand::rng();
-        let mut jitter = || rand::Rng::random::<f64>(&mut rng);
+        let jittered = self.deps.settings.retry_jitter;
+        let mut jitter = || {
+            if jittered {
+                rand::Rng::random::<f64>(&mut rng)
+            } else {
+                1.0
+            }
+        };
         let plan = engine::reconcile(
             &mut p,
             &self.tasks,
