@@ -128,6 +128,20 @@ pub struct SchedulerConfig {
     pub lease_ttl_seconds: u64,
     /// Silence after which an agent is expired and its tasks requeued.
     pub heartbeat_timeout_seconds: u64,
+    /// This instance's name in locks, events and logs; empty means `{hostname}-{pid}`.
+    #[serde(default)]
+    pub instance_id: String,
+    /// How often lapsed leases and silent agents are looked for.
+    pub reaper_interval_seconds: u64,
+    /// Lifetime of the lock through which one instance coordinates a pipeline; a dead
+    /// instance's pipelines are taken over within it.
+    pub pipeline_lock_ttl_seconds: u64,
+    /// How often a coordinator re-reads its pipeline to see results that reached other instances.
+    pub resync_interval_ms: u64,
+    /// Longest an agent's fetch may wait for work.
+    pub fetch_max_wait_seconds: u64,
+    /// Length of a metrics aggregation window.
+    pub metrics_window_seconds: u64,
 }
 
 /// `[retention]`: days to keep each collection's finished records.
@@ -365,6 +379,26 @@ impl Config {
             (
                 "scheduler.heartbeat_timeout_seconds",
                 self.scheduler.heartbeat_timeout_seconds,
+            ),
+            (
+                "scheduler.reaper_interval_seconds",
+                self.scheduler.reaper_interval_seconds,
+            ),
+            (
+                "scheduler.pipeline_lock_ttl_seconds",
+                self.scheduler.pipeline_lock_ttl_seconds,
+            ),
+            (
+                "scheduler.resync_interval_ms",
+                self.scheduler.resync_interval_ms,
+            ),
+            (
+                "scheduler.fetch_max_wait_seconds",
+                self.scheduler.fetch_max_wait_seconds,
+            ),
+            (
+                "scheduler.metrics_window_seconds",
+                self.scheduler.metrics_window_seconds,
             ),
             ("retention.events_days", self.retention.events_days.into()),
             ("retention.tasks_days", self.retention.tasks_days.into()),

@@ -12,6 +12,9 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use mcpd_actors::broker::Broker;
 use mcpd_actors::clock::{SharedClock, SystemClock};
+use mcpd_actors::deps::{Counters, Deps, Settings};
+use mcpd_actors::handle::Scheduler;
+use mcpd_actors::journal::{Journal, Retention};
 use mcpd_actors::store::Store;
 use tracing::info;
 
@@ -62,6 +65,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with(Arc::new(StoreReady(store.clone())))
         .with(Arc::new(BrokerReady(broker.clone())));
 
+    // The supervisor tree: it resumes every unfinished pipeline (taking its coordination lock)
+    // and serves agents through the library-level handles.
+    let deps = Deps {
+        store: store.clone(),
+        broker: broker.clone(),
+        clock: clock.clone(),
+        journal: Journal {
+            retention: Retention {
+                events: days(config.retention.events_days),
+                audit_logs: days(config.retention.audit_logs_days),
+            },
+        },
+        settings: settings(&config),
+        instance_id: instance_id(&config.scheduler.instance_id),
+        counters: Arc::new(Counters::default()),
+    };
+    info!(instance_id = %deps.instance_id, "starting scheduler");
+    let scheduler = Scheduler::start(deps)
+        .await
+        .context("cannot start the scheduler")?;
+
     let state = AppState {
         readiness,
         shutdown: root.child_token(),
@@ -106,8 +130,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "drain timed out; unfinished tasks keep their leases and will be requeued"
         );
     }
-    // 4. Persist and 5. release locks: done by the store and broker handles as they drop,
-    //    once they exist (TODO(store/broker)).
+    // 4. Persist: every transition was persisted before it was acknowledged; nothing waits.
+    // 5. Release locks: coordinators release their pipeline locks as they stop, so another
+    //    instance takes the pipelines over at once instead of after the lock TTL.
+    scheduler.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
     info!("stopped");
     Ok(())
 }
@@ -123,6 +150,39 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         .context("store does not answer after migrating")?;
     info!(backend = %config.store.backend, "schema up to date");
     Ok(())
+}
+
+fn days(n: u32) -> Duration {
+    Duration::from_secs(u64::from(n) * 86_400)
+}
+
+/// Scheduler settings from the configuration (the rest keep their defaults).
+pub fn settings(config: &Config) -> Settings {
+    let s = &config.scheduler;
+    Settings {
+        lease_ttl: Duration::from_secs(s.lease_ttl_seconds),
+        heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds),
+        reaper_interval: Duration::from_secs(s.reaper_interval_seconds),
+        pipeline_lock_ttl: Duration::from_secs(s.pipeline_lock_ttl_seconds),
+        resync_interval: Duration::from_millis(s.resync_interval_ms),
+        fetch_max_wait: Duration::from_secs(s.fetch_max_wait_seconds),
+        metrics_window: Duration::from_secs(s.metrics_window_seconds),
+        metrics_retention: days(config.retention.metrics_days),
+        ..Settings::default()
+    }
+}
+
+/// The configured instance id, or `{hostname}-{pid}`.
+fn instance_id(configured: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mcpd".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// `/readyz` check: the store answers.
