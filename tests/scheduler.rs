@@ -734,10 +734,15 @@ async fn eight_agents_two_thousand_tasks_each_exactly_once(kind: BrokerKind) {
             PipelineStatus::Completed
         );
     }
-    let mut total = 0;
-    let g = l.lock();
+    let mut all = Vec::new();
     for id in &ids {
-        for t in env.tasks(id).await {
+        all.extend(env.tasks(id).await);
+    }
+    agents.iter().for_each(TestAgent::stop);
+    {
+        let mut total = 0;
+        let g = l.lock();
+        for t in all {
             assert_eq!(t.status, TaskStatus::Completed);
             assert_eq!(
                 g.accepted.get(&t.task_id).map(Vec::len),
@@ -747,15 +752,14 @@ async fn eight_agents_two_thousand_tasks_each_exactly_once(kind: BrokerKind) {
             );
             total += 1;
         }
+        assert_eq!(total, 2000);
+        assert_eq!(g.accepted.len(), 2000, "no result for anything else");
+        assert!(
+            g.refused.is_empty(),
+            "{:?}",
+            &g.refused[..g.refused.len().min(3)]
+        );
     }
-    assert_eq!(total, 2000);
-    assert_eq!(g.accepted.len(), 2000, "no result for anything else");
-    assert!(
-        g.refused.is_empty(),
-        "{:?}",
-        &g.refused[..g.refused.len().min(3)]
-    );
-    drop(g);
     let written = s.children.metrics.send(CloseWindow).await.unwrap();
     assert!(written > 0);
     let m = env
@@ -775,7 +779,6 @@ async fn eight_agents_two_thousand_tasks_each_exactly_once(kind: BrokerKind) {
         .find(|m| m.dimensions.task_type.as_deref() == Some("work"))
         .unwrap();
     assert_eq!(by_type.statistics.count, 2000);
-    agents.iter().for_each(TestAgent::stop);
 }
 
 async fn a_failing_actor_is_restarted_and_the_pipeline_finishes(kind: BrokerKind) {
