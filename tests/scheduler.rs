@@ -833,7 +833,15 @@ async fn a_failing_actor_is_restarted_and_the_pipeline_finishes(kind: BrokerKind
 
 async fn a_survivor_takes_over_a_dead_instances_pipelines(kind: BrokerKind) {
     let env = Env::new(kind).await;
-    // Instance A runs on its own actix system and thread, and dies without any clean-up.
+    let three = || {
+        pipeline(vec![
+            stage(1, "first", &[]),
+            stage(2, "later", &[1]),
+            stage(3, "later", &[2]),
+        ])
+    };
+    // Instance A runs on its own actix system and thread, with an agent for the first stages
+    // only, and dies without any clean-up.
     let (kill, killed) = std::sync::mpsc::channel::<()>();
     let (ready, started) = std::sync::mpsc::channel();
     let env_a = env.clone();
@@ -841,56 +849,69 @@ async fn a_survivor_takes_over_a_dead_instances_pipelines(kind: BrokerKind) {
         let sys = actix_rt::System::new();
         sys.block_on(async move {
             let a = env_a.start("instance-a").await;
+            let agent = TestAgent::spawn(
+                connect(&a, spec("ag-a", AgentType::General, &["first"])).await,
+                echo(),
+                ledger(),
+            );
             let mut ids = Vec::new();
             for _ in 0..3 {
-                let p = submit(
-                    &a,
-                    pipeline(vec![
-                        stage(1, "work", &[]),
-                        stage(2, "work", &[1]),
-                        stage(3, "work", &[2]),
-                    ]),
-                )
-                .await;
-                ids.push(p.pipeline_id);
+                ids.push(submit(&a, three()).await.pipeline_id);
             }
             ready.send(ids).unwrap();
             while killed.try_recv().is_err() {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            agent.stop();
         });
         // Dropping the system drops every actor of A mid-flight: no lock is released.
     });
     let ids: Vec<String> = started.recv().unwrap();
+    // A drives every pipeline to its second stage, then dies.
+    for id in &ids {
+        env.until_tasks(id, LONG, "A reached stage 2", |t| {
+            t.iter().any(|t| t.stage == 2)
+        })
+        .await;
+    }
+    kill.send(()).unwrap();
+    a_thread.join().unwrap();
+
     let b = env.start("instance-b").await;
     let l = ledger();
     let mut agents = Vec::new();
     for i in 0..2 {
-        let h = connect(&b, spec(&format!("ag-{i}"), AgentType::General, &["work"])).await;
+        let h = connect(
+            &b,
+            spec(&format!("ag-{i}"), AgentType::General, &["first", "later"]),
+        )
+        .await;
         agents.push(TestAgent::spawn(h, echo(), l.clone()));
     }
-    // Let A drive the pipelines a little, then kill it.
-    env.until_tasks(&ids[0], LONG, "A made progress", |t| {
-        t.iter().any(|t| t.status == TaskStatus::Completed)
-    })
-    .await;
-    assert!(
-        b.supervisor
-            .send(Snapshot)
-            .await
-            .unwrap()
-            .coordinating
-            .is_empty(),
-        "A coordinates while alive"
-    );
-    kill.send(()).unwrap();
-    a_thread.join().unwrap();
-    // A's coordination locks lapse; B's scan takes the pipelines over.
+    // B's agents finish the queued second stages, but while A's locks are live nobody may
+    // coordinate: no third stage appears.
+    for id in &ids {
+        env.until_tasks(id, LONG, "stage 2 done", |t| {
+            t.iter()
+                .any(|t| t.stage == 2 && t.status == TaskStatus::Completed)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // several scans by B
+    for id in &ids {
+        assert!(
+            env.tasks(id).await.iter().all(|t| t.stage != 3),
+            "B must not take a live lock"
+        );
+    }
+    // A's locks lapse; B's scan takes the pipelines over.
     env.advance(Duration::from_secs(16));
     for id in &ids {
         let done = env.finished(id, LONG).await;
         assert_eq!(done.status, PipelineStatus::Completed, "{id}");
-        for t in env.tasks(id).await {
+        let tasks = env.tasks(id).await;
+        assert_eq!(tasks.len(), 3, "no stage created twice");
+        for t in tasks {
             assert_eq!(t.status, TaskStatus::Completed);
             let completions = env
                 .events_of(&t.task_id)
@@ -900,7 +921,6 @@ async fn a_survivor_takes_over_a_dead_instances_pipelines(kind: BrokerKind) {
                 .count();
             assert_eq!(completions, 1, "task {} completed once", t.task_id);
         }
-        assert_eq!(env.tasks(id).await.len(), 3, "no stage created twice");
     }
     assert!(l.lock().accepted.values().all(|v| v.len() == 1));
     agents.iter().for_each(TestAgent::stop);

@@ -197,6 +197,20 @@ async fn held_task(
     Ok((task, lease))
 }
 
+/// [`held_task`] for a result or failure report: a refusal is counted.
+async fn held_for_result(
+    deps: &Deps,
+    agent_id: &str,
+    task_id: &str,
+    token: u64,
+) -> SchedResult<(Task, Lease)> {
+    let held = held_task(deps, agent_id, task_id, token).await;
+    if held.is_err() {
+        Counters::bump(&deps.counters.results_refused);
+    }
+    held
+}
+
 async fn settle(
     deps: &Deps,
     mut t: Task,
@@ -249,13 +263,7 @@ pub async fn complete(
     token: u64,
     report: ResultReport,
 ) -> SchedResult<Task> {
-    let (task, lease) = match held_task(deps, agent_id, task_id, token).await {
-        Ok(held) => held,
-        Err(e) => {
-            Counters::bump(&deps.counters.results_refused);
-            return Err(e);
-        }
-    };
+    let (task, lease) = held_for_result(deps, agent_id, task_id, token).await?;
     let now = deps.now();
     let from = task.status;
     let mut t = task;
@@ -310,13 +318,7 @@ pub async fn fail(
     token: u64,
     error: TaskError,
 ) -> SchedResult<Task> {
-    let (task, lease) = match held_task(deps, agent_id, task_id, token).await {
-        Ok(held) => held,
-        Err(e) => {
-            Counters::bump(&deps.counters.results_refused);
-            return Err(e);
-        }
-    };
+    let (task, lease) = held_for_result(deps, agent_id, task_id, token).await?;
     let from = task.status;
     let mut t = task;
     let code = error.code.clone();

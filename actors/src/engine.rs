@@ -114,6 +114,26 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The finished plan: changed tasks in id order, and whether the pipeline (compared with
+    /// `before`) changed — in which case it is stamped `updated_at`.
+    fn into_plan(self, before: &Pipeline) -> Plan {
+        let Run {
+            p,
+            changed,
+            mut plan,
+            now,
+            ..
+        } = self;
+        let mut updates: Vec<(Task, TaskStatus)> = changed.into_values().collect();
+        updates.sort_by(|a, b| a.0.task_id.cmp(&b.0.task_id));
+        plan.updates = updates;
+        if *p != *before {
+            p.updated_at = now;
+            plan.pipeline_changed = true;
+        }
+        plan
+    }
+
     /// The current version of every task of `stage` in its current attempt, borrowed: a
     /// coordinator reconciles after every settled task, so nothing is cloned that is only read.
     fn stage_view(&self, stage: u32, attempt: u32) -> impl Iterator<Item = &Task> + '_ {
@@ -465,20 +485,7 @@ pub fn reconcile(
     let before = p.clone();
     let mut run = Run::new(p, tasks, now, journal, actor);
     step(&mut run, jitter);
-    let Run {
-        p,
-        changed,
-        mut plan,
-        ..
-    } = run;
-    let mut updates: Vec<(Task, TaskStatus)> = changed.into_values().collect();
-    updates.sort_by(|a, b| a.0.task_id.cmp(&b.0.task_id));
-    plan.updates = updates;
-    if *p != before {
-        p.updated_at = now;
-        plan.pipeline_changed = true;
-    }
-    plan
+    run.into_plan(&before)
 }
 
 fn step(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
@@ -941,20 +948,7 @@ pub fn command(
         Command::Resume => "pipeline_resumed",
     };
     run.event(kind, None, Object::new());
-    let Run {
-        p,
-        changed,
-        mut plan,
-        ..
-    } = run;
-    let mut updates: Vec<(Task, TaskStatus)> = changed.into_values().collect();
-    updates.sort_by(|a, b| a.0.task_id.cmp(&b.0.task_id));
-    plan.updates = updates;
-    if *p != before {
-        p.updated_at = now;
-        plan.pipeline_changed = true;
-    }
-    Ok(plan)
+    Ok(run.into_plan(&before))
 }
 
 /// Records an agent's failure report on a task: a retryable error with retries left moves it to

@@ -237,6 +237,22 @@ impl Handler<TasksQueued> for TaskDispatcher {
     }
 }
 
+impl TaskDispatcher {
+    /// Runs a result or failure report and, when it is accepted, announces it.
+    fn settling(
+        &mut self,
+        agent_id: String,
+        report: impl std::future::Future<Output = SchedResult<Task>> + 'static,
+    ) -> ResponseActFuture<Self, SchedResult<Task>> {
+        Box::pin(report.into_actor(self).map(move |res, act, _| {
+            if let Ok(t) = &res {
+                announce(act, t, &agent_id);
+            }
+            res
+        }))
+    }
+}
+
 /// Tells the registry, the metrics and the coordinator about a settled attempt.
 fn announce(act: &TaskDispatcher, task: &Task, agent_id: &str) {
     let sample = TaskSample::of(task, agent_id);
@@ -275,18 +291,9 @@ impl Handler<CompleteTask> for TaskDispatcher {
     fn handle(&mut self, msg: CompleteTask, _ctx: &mut Self::Context) -> Self::Result {
         let deps = self.deps.clone();
         let agent_id = msg.agent_id.clone();
-        Box::pin(
-            async move {
-                dispatch::complete(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.report).await
-            }
-            .into_actor(self)
-            .map(move |res, act, _| {
-                if let Ok(t) = &res {
-                    announce(act, t, &agent_id);
-                }
-                res
-            }),
-        )
+        self.settling(agent_id, async move {
+            dispatch::complete(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.report).await
+        })
     }
 }
 
@@ -310,18 +317,9 @@ impl Handler<FailTask> for TaskDispatcher {
     fn handle(&mut self, msg: FailTask, _ctx: &mut Self::Context) -> Self::Result {
         let deps = self.deps.clone();
         let agent_id = msg.agent_id.clone();
-        Box::pin(
-            async move {
-                dispatch::fail(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.error).await
-            }
-            .into_actor(self)
-            .map(move |res, act, _| {
-                if let Ok(t) = &res {
-                    announce(act, t, &agent_id);
-                }
-                res
-            }),
-        )
+        self.settling(agent_id, async move {
+            dispatch::fail(&deps, &msg.agent_id, &msg.task_id, msg.token, msg.error).await
+        })
     }
 }
 

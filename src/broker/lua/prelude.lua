@@ -78,3 +78,36 @@ local function lost_reason(v, owner, token, now)
   if expiry_of(v) <= now then return {'lost', 'expired', held} end
   return nil
 end
+
+-- Drops a task's lease: its lock (`lock_key`), its running and expiry entries, and the
+-- assigned-set entries of its holder and of `agent` (may be ''). Returns 1 when a lease value
+-- existed. Callers have checked that no newer lease would be dropped.
+local function drop_lease(prefix, task_id, current, lock_key, running_key, expiry_key, agent)
+  local dropped = 0
+  if current ~= nil then
+    if current then
+      redis.call('SREM', prefix .. 'tasks:assigned:' .. holder(current), task_id)
+    end
+    redis.call('DEL', lock_key)
+    dropped = 1
+  end
+  if agent ~= '' then
+    redis.call('SREM', prefix .. 'tasks:assigned:' .. agent, task_id)
+  end
+  redis.call('SREM', running_key, task_id)
+  redis.call('ZREM', expiry_key, task_id)
+  return dropped
+end
+
+-- When a newer lease than `token` exists: keeps it, and takes the task out of the assigned
+-- set of `agent` (a stale holder) unless that agent holds the newer lease too. Returns the
+-- newer token, or nil when there is none.
+local function newer_lease(prefix, task_id, current, token, agent)
+  if current and token_of(current) > token then
+    if agent ~= '' and agent ~= holder(current) then
+      redis.call('SREM', prefix .. 'tasks:assigned:' .. agent, task_id)
+    end
+    return token_of(current)
+  end
+  return nil
+end

@@ -9,25 +9,11 @@ local prefix, task_id, token = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local dropped = 0
 if token >= 0 then
   local current = decode(redis.call('GET', KEYS[1]))
-  if current and token_of(current) > token then
-    -- The given lease is stale; its agent lost the task unless it also holds the newer one.
-    if ARGV[4] ~= '' and ARGV[4] ~= holder(current) then
-      redis.call('SREM', prefix .. 'tasks:assigned:' .. ARGV[4], task_id)
-    end
-    return {'newer', token_of(current)}
+  local newer = newer_lease(prefix, task_id, current, token, ARGV[4])
+  if newer then
+    return {'newer', newer}
   end
-  if current ~= nil then
-    if current then
-      redis.call('SREM', prefix .. 'tasks:assigned:' .. holder(current), task_id)
-    end
-    redis.call('DEL', KEYS[1])
-    dropped = 1
-  end
-  if ARGV[4] ~= '' then
-    redis.call('SREM', prefix .. 'tasks:assigned:' .. ARGV[4], task_id)
-  end
-  redis.call('SREM', KEYS[2], task_id)
-  redis.call('ZREM', KEYS[3], task_id)
+  dropped = drop_lease(prefix, task_id, current, KEYS[1], KEYS[2], KEYS[3], ARGV[4])
 end
 redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[6])
 return {'queued', dropped}

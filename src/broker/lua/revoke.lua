@@ -6,21 +6,8 @@
 --   when a newer lease exists (it is kept).
 local prefix, task_id, token = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local current = decode(redis.call('GET', KEYS[1]))
-if current and token_of(current) > token then
-  if ARGV[4] ~= holder(current) then
-    redis.call('SREM', prefix .. 'tasks:assigned:' .. ARGV[4], task_id)
-  end
-  return {'newer', token_of(current)}
+local newer = newer_lease(prefix, task_id, current, token, ARGV[4])
+if newer then
+  return {'newer', newer}
 end
-local dropped = 0
-if current ~= nil then
-  if current then
-    redis.call('SREM', prefix .. 'tasks:assigned:' .. holder(current), task_id)
-  end
-  redis.call('DEL', KEYS[1])
-  dropped = 1
-end
-redis.call('SREM', prefix .. 'tasks:assigned:' .. ARGV[4], task_id)
-redis.call('SREM', KEYS[2], task_id)
-redis.call('ZREM', KEYS[3], task_id)
-return {'dropped', dropped}
+return {'dropped', drop_lease(prefix, task_id, current, KEYS[1], KEYS[2], KEYS[3], ARGV[4])}
