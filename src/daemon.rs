@@ -45,7 +45,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 
     let clock: SharedClock = Arc::new(SystemClock);
-    let store = crate::store::open(&config.store).await?;
+    let store: Arc<dyn Store> = Arc::new(crate::store::group_commit::GroupCommit::new(
+        crate::store::open(&config.store).await?,
+        256,
+    ));
     let broker = crate::broker::open(&config.broker, clock.clone()).await?;
     // The broker may have lost its data (or be brand new): everything in it is rebuilt from
     // the store before any agent is served, and its fencing counter raised above every token

@@ -16,3 +16,13 @@ async fn fresh_store() -> Arc<dyn Store> {
 }
 
 store_conformance!(embedded, fresh_store());
+
+/// The same suite through the group-commit decorator the daemon wraps every store in.
+async fn grouped_store() -> Arc<dyn Store> {
+    Arc::new(mcpd::store::group_commit::GroupCommit::new(
+        fresh_store().await,
+        64,
+    ))
+}
+
+store_conformance!(embedded_group_commit, grouped_store());

@@ -846,7 +846,36 @@ fn finish_if_done(run: &mut Run<'_>) {
         }
     }
     let now = run.now;
+    // Task figures over every task's current version.
+    let (mut finished, mut completed, mut time_sum, mut timed) = (0u32, 0u32, 0.0, 0u32);
+    let mut peak_memory: Option<f64> = None;
+    for t in run
+        .tasks
+        .iter()
+        .map(|t| run.changed.get(&t.task_id).map_or(t, |(c, _)| c))
+    {
+        if t.status.is_terminal() {
+            finished += 1;
+        }
+        if t.status == TaskStatus::Completed {
+            completed += 1;
+        }
+        if let Some(pt) = t.performance_metrics.processing_time {
+            time_sum += pt;
+            timed += 1;
+        }
+        if let Some(m) = t.performance_metrics.memory_usage_mb {
+            peak_memory = Some(peak_memory.map_or(m, |p: f64| p.max(m)));
+        }
+    }
     let p = &mut *run.p;
+    if finished > 0 {
+        p.performance_metrics.task_success_rate = Some(f64::from(completed) / f64::from(finished));
+    }
+    if timed > 0 {
+        p.performance_metrics.average_task_time = Some(time_sum / f64::from(timed));
+    }
+    p.performance_metrics.peak_memory_usage = peak_memory;
     p.output_data = Some(output);
     p.status = PipelineStatus::Completed;
     p.completed_at = Some(now);

@@ -113,6 +113,34 @@ impl Scheduler {
             })
     }
 
+    /// A pipeline's progress (`status`, `progress`, `current_stage`, …): from the broker's
+    /// `pipeline:{id}:status` cache when it holds it, else from the store (and the answer says
+    /// which, under `"source"`).
+    pub async fn progress(&self, pipeline_id: &str) -> SchedResult<serde_json::Value> {
+        let key = crate::broker::CacheKey::PipelineStatus(pipeline_id.to_string());
+        match self.deps.broker.get_cache(&key).await {
+            Ok(Some(mut cached)) => {
+                if let Some(o) = cached.as_object_mut() {
+                    o.insert("source".into(), "cache".into());
+                }
+                return Ok(cached);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(pipeline_id, cause = %e, "progress cache unavailable; reading the store")
+            }
+        }
+        let p = self.pipeline(pipeline_id).await?;
+        Ok(serde_json::json!({
+            "status": p.status,
+            "progress": p.progress,
+            "current_stage": p.current_stage,
+            "started_at": p.started_at,
+            "revision": p.revision,
+            "source": "store",
+        }))
+    }
+
     /// Stops the tree: coordinators release their locks.
     pub fn stop(&self) {
         // Stopping the root stops its coordinators; the supervised children end with the system.

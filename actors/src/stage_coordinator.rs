@@ -25,8 +25,9 @@ use crate::broker::{CacheKey, Fence, LockKey};
 use crate::deps::Deps;
 use crate::engine::{self, Command, Plan};
 use crate::error::{SchedResult, SchedulerError};
-use crate::journal::Actor as By;
+use crate::journal::{classification_of, Actor as By};
 use crate::messages::{TaskSettled, TasksQueued};
+use crate::model::{AuditAction, ResourceType};
 use crate::model::{Pipeline, Task};
 use crate::store::{collect_all, StoreError, TaskQuery, Transition, Write};
 
@@ -290,6 +291,27 @@ impl StageCoordinator {
             updates.push(t);
         }
         tx.events = plan.events.clone();
+        if !tx.writes.is_empty() {
+            // One audit record per step: the scheduler changed this pipeline and its tasks.
+            let mut fields = vec!["status", "stages", "progress"];
+            if !plan.inserts.is_empty() {
+                fields.push("tasks.input_data");
+            }
+            if !plan.updates.is_empty() {
+                fields.push("tasks.status");
+            }
+            let mut audit = deps.journal.audit(
+                AuditAction::Update,
+                ResourceType::Pipeline,
+                &self.pipeline_id,
+                &fields,
+                classification_of(p.security_level),
+                &deps.system(),
+                deps.now(),
+            );
+            audit.data_accessed.records_count = tx.writes.len() as u64;
+            tx = tx.audit(audit);
+        }
         let enqueue = plan.enqueue.clone();
         let dequeue = plan.dequeue.clone();
         let revoke = plan.revoke.clone();

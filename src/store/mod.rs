@@ -5,9 +5,11 @@
 //! - [`mongo`]: MongoDB through the official driver; creates the seed's indexes and keeps its
 //!   `schema_version` document.
 //!
-//! [`open`] picks one from the configuration.
+//! [`open`] picks one from the configuration; [`group_commit::GroupCommit`] wraps it so
+//! concurrent transitions share commits.
 
 pub mod embedded;
+pub mod group_commit;
 pub mod mongo;
 
 use std::sync::Arc;
