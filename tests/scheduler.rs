@@ -976,3 +976,44 @@ async fn an_invalid_pipeline_is_refused_and_nothing_is_written() {
         .unwrap();
     assert!(all.items.is_empty());
 }
+
+#[actix_rt::test]
+async fn a_command_on_a_finished_pipeline_is_refused_and_leaves_no_coordinator() {
+    let env = Env::new(BrokerKind::Memory).await;
+    let s = env.start("i1").await;
+    let a = TestAgent::spawn(
+        connect(&s, spec("ag-1", AgentType::General, &["work"])).await,
+        echo(),
+        ledger(),
+    );
+    let p = submit(&s, pipeline(vec![stage(1, "work", &[])])).await;
+    assert_eq!(
+        env.finished(&p.pipeline_id, LONG).await.status,
+        PipelineStatus::Completed
+    );
+    let err = s
+        .command(&p.pipeline_id, Command::Cancel, By::user("operator"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("completed"), "{err}");
+    let until = tokio::time::Instant::now() + LONG;
+    while !s
+        .supervisor
+        .send(Snapshot)
+        .await
+        .unwrap()
+        .coordinating
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "coordinator of a finished pipeline lingers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        env.pipeline(&p.pipeline_id).await.status,
+        PipelineStatus::Completed
+    );
+    a.stop();
+}

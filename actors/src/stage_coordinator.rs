@@ -432,6 +432,11 @@ impl Handler<Reconcile> for StageCoordinator {
         let Some(mut p) = self.pipeline.clone() else {
             return;
         };
+        if p.status.is_terminal() && !self.progress_dirty {
+            // Loaded finished (a command for an old pipeline, a scan racing its end).
+            self.stop_with(ExitReason::Finished, ctx);
+            return;
+        }
         let now = self.deps.now();
         let mut rng = rand::rng();
         let jittered = self.deps.settings.retry_jitter;
