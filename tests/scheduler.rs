@@ -135,11 +135,7 @@ async fn mental_health_analysis_runs_end_to_end(kind: BrokerKind) {
         TaskStatus::Assigned,
         "stage 2 ran alongside stages 3–4"
     );
-    let a = bias
-        .held
-        .lock()
-        .pop()
-        .expect("the bias agent holds stage 2");
+    let a = bias.take_held().await;
     let t = bias
         .handle
         .complete(&a.lease, echo_report(&a.task))
@@ -298,10 +294,8 @@ async fn a_stage_timeout_takes_the_task_back(kind: BrokerKind) {
         max_delay_seconds: None,
     };
     let p = submit(&s, pipeline(vec![st])).await;
-    env.until_tasks(&p.pipeline_id, LONG, "assigned", |t| {
-        t.first().is_some_and(|t| t.status == TaskStatus::Assigned)
-    })
-    .await;
+    // The slow agent holds the task (it has it, not only the store says so).
+    let held = slow.take_held().await;
     slow.stop();
     env.advance(Duration::from_secs(31));
     let t = env
@@ -326,7 +320,6 @@ async fn a_stage_timeout_takes_the_task_back(kind: BrokerKind) {
         PipelineStatus::Completed
     );
     // The slow agent's late result is refused.
-    let held = slow.held.lock().pop().unwrap();
     let late = slow
         .handle
         .complete(&held.lease, echo_report(&held.task))

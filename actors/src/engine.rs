@@ -12,9 +12,10 @@
 //! A stage's input is `{"pipeline": <pipeline input_data>, "dependencies": {<stage name>:
 //! <that stage's output>}}`. A fan-out stage (`fan_out = "/pipeline/texts"`, a JSON pointer into
 //! that input) runs one task per list item, each with the input plus `"item"` and
-//! `"item_index"`. A stage's output is its task's `output_data` (or `result`), or for a fan-out
-//! stage `{"items": [...]}` in item order — the fan-in its dependants receive. The pipeline's
-//! `output_data` holds the outputs of the stages nothing depends on, by name.
+//! `"item_index"` — and with the list itself left out (null), so tasks stay small. A stage's
+//! output is its task's `output_data` (or `result`), or for a fan-out stage `{"items": [...]}`
+//! in item order — the fan-in its dependants receive. The pipeline's `output_data` holds the
+//! outputs of the stages nothing depends on, by name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -354,6 +355,21 @@ pub fn stage_tasks(
         .filter(|s| s.dependencies.contains(&def.stage))
         .map(|s| s.stage)
         .collect();
+    // A fan-out task carries its item, not the whole list: the list is left out (null) of its
+    // copy of the stage input, or n tasks would carry n items each.
+    let input = match &def.fan_out {
+        Some(pointer) => {
+            let mut slim = Value::Object(input);
+            if let Some(list) = slim.pointer_mut(pointer) {
+                *list = Value::Null;
+            }
+            match slim {
+                Value::Object(o) => o,
+                _ => Object::new(),
+            }
+        }
+        None => input,
+    };
     let make = |index: Option<u32>, item: Option<Value>| {
         let mut input_data = input.clone();
         if let (Some(i), Some(item)) = (index, item) {

@@ -27,6 +27,9 @@ use crate::error::{SchedResult, SchedulerError};
 use crate::messages::{TaskSample, TaskSettled, TasksQueued};
 use crate::model::{Agent, Task, TaskError, TaskStatus};
 
+/// How much longer than its wait a fetch waits for the dispatcher's answer before giving up.
+const WAIT_SAFETY_MARGIN: Duration = Duration::from_secs(30);
+
 /// The dispatcher actor.
 pub struct TaskDispatcher {
     deps: Deps,
@@ -205,9 +208,11 @@ impl Handler<FetchTask> for TaskDispatcher {
             async move {
                 match next {
                     Next::Done(answer) => answer,
-                    // The margin lets the re-check answer an expired waiter itself.
+                    // The re-check answers an expired waiter itself, and never one whose claim
+                    // is in flight (a lease granted to a fetch that already gave up would only
+                    // be taken back again). The timeout is a safety net against a lost answer.
                     Next::Wait(rx) => {
-                        match tokio::time::timeout(wait + Duration::from_millis(50), rx).await {
+                        match tokio::time::timeout(wait + WAIT_SAFETY_MARGIN, rx).await {
                             Ok(Ok(answer)) => answer,
                             // Timed out, or the dispatcher restarted: no work this time.
                             Ok(Err(_)) | Err(_) => Ok(None),

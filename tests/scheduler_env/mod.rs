@@ -341,6 +341,22 @@ impl TestAgent {
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
+
+    /// Waits (bounded, real time) until this agent holds a task without answering; takes it.
+    pub async fn take_held(&self) -> Assignment {
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(a) = self.held.lock().pop() {
+                return a;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "agent {} holds nothing",
+                self.handle.agent_id()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 fn h_now(a: &Assignment) -> Timestamp {

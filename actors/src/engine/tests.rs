@@ -227,6 +227,12 @@ fn fan_out_runs_a_task_per_item_and_fans_in_in_order() {
     w.reconcile(at(0));
     let tasks: Vec<Task> = w.stage(1).into_iter().cloned().collect();
     assert_eq!(tasks.len(), 3);
+    assert_eq!(
+        tasks[0].input_data["pipeline"]["texts"],
+        Value::Null,
+        "the list stays out"
+    );
+    assert_eq!(tasks[1].input_data["item"], "b");
     for t in tasks.iter().rev() {
         let item = t.input_data["item"].as_str().unwrap().to_uppercase();
         w.complete(&t.task_id, json!({ "upper": item }), at(5));
