@@ -34,7 +34,8 @@ export MCPD_TEST_REDIS_SERVER MCPD_TEST_SECANTUSD
 cargo fmt --all --check
 
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    # Under CI (CI=true) the `ci` profile retries a failed test once and reports it as flaky.
+    cargo nextest run --workspace --no-fail-fast --profile "$([ "${CI:-}" = true ] && echo ci || echo default)"
 else
     echo "test.sh: cargo-nextest not found, falling back to cargo test" >&2
     cargo test --workspace --no-fail-fast
