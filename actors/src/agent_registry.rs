@@ -19,7 +19,7 @@ use actix::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::broker::AgentPresence;
-use crate::deps::{Counters, Deps};
+use crate::deps::{hold_after_restart, Counters, Deps, Restarts};
 use crate::error::{SchedResult, SchedulerError};
 use crate::journal::{obj, Actor as By};
 use crate::model::{
@@ -37,6 +37,8 @@ pub struct AgentRegistry {
     agents: HashMap<String, Agent>,
     last_persisted: HashMap<String, Timestamp>,
     outcomes: HashMap<String, Outcomes>,
+    restarts: Restarts,
+    hold: Duration,
 }
 
 /// Outcomes of one agent not yet written to its document.
@@ -57,6 +59,8 @@ impl AgentRegistry {
             agents: HashMap::new(),
             last_persisted: HashMap::new(),
             outcomes: HashMap::new(),
+            restarts: Restarts::default(),
+            hold: Duration::ZERO,
         }
     }
 }
@@ -65,13 +69,16 @@ impl Actor for AgentRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        hold_after_restart(&mut self.hold, ctx);
         ctx.run_interval(FLUSH_INTERVAL, |_, ctx| ctx.notify(FlushOutcomes));
     }
 }
 
 impl Supervised for AgentRegistry {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        Counters::bump(&self.deps.counters.actor_restarts);
+        self.hold = self
+            .restarts
+            .failed(&self.deps.settings, &self.deps.counters);
         // Everything cached comes back from the store on demand.
         self.agents.clear();
         self.last_persisted.clear();

@@ -99,6 +99,53 @@ impl Counters {
     }
 }
 
+/// Restart bookkeeping of one supervised actor: how many times in a row it failed, and so how
+/// long to wait before it runs again.
+#[derive(Debug, Default, Clone)]
+pub struct Restarts {
+    consecutive: u32,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Restarts {
+    /// Records a failure (counted in [`Counters::actor_restarts`]) and returns the delay before
+    /// the restart: `restart_backoff`, doubled per consecutive failure, capped at
+    /// `restart_backoff_max`. A failure long after the previous one (ten caps) starts over.
+    pub fn failed(&mut self, settings: &Settings, counters: &Counters) -> Duration {
+        Counters::bump(&counters.actor_restarts);
+        let now = tokio::time::Instant::now();
+        let calm = settings.restart_backoff_max.saturating_mul(10);
+        if self.last.is_some_and(|t| now.duration_since(t) > calm) {
+            self.consecutive = 0;
+        }
+        self.last = Some(now);
+        self.consecutive = self.consecutive.saturating_add(1);
+        let factor = 1u32.checked_shl(self.consecutive - 1).unwrap_or(u32::MAX);
+        settings
+            .restart_backoff
+            .saturating_mul(factor)
+            .min(settings.restart_backoff_max)
+    }
+
+    /// Failures in a row so far.
+    pub fn consecutive(&self) -> u32 {
+        self.consecutive
+    }
+}
+
+/// Called first in `started()` of a supervised actor: after a restart, holds every message
+/// back for the backoff `hold` (then clears it), so a failing actor cannot spin.
+pub fn hold_after_restart<A>(hold: &mut Duration, ctx: &mut actix::Context<A>)
+where
+    A: actix::Actor<Context = actix::Context<A>>,
+{
+    use actix::AsyncContext;
+    let delay = std::mem::take(hold);
+    if !delay.is_zero() {
+        ctx.wait(actix::fut::wrap_future::<_, A>(actix::clock::sleep(delay)));
+    }
+}
+
 /// Shared dependencies of the actors.
 #[derive(Clone)]
 pub struct Deps {
@@ -137,5 +184,33 @@ impl std::fmt::Debug for Deps {
             .field("broker", &self.broker.backend())
             .field("instance_id", &self.instance_id)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_delays_double_up_to_the_cap_and_calm_down() {
+        let settings = Settings {
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_millis(350),
+            ..Settings::default()
+        };
+        let counters = Counters::default();
+        let mut r = Restarts::default();
+        let delays: Vec<u64> = (0..4)
+            .map(|_| r.failed(&settings, &counters).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+        assert_eq!(Counters::get(&counters.actor_restarts), 4);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            r.failed(&settings, &counters),
+            Duration::from_millis(100),
+            "calm again"
+        );
+        assert_eq!(r.consecutive(), 1);
     }
 }

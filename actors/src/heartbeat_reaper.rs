@@ -13,7 +13,7 @@
 use actix::prelude::*;
 
 use crate::agent_registry::{AgentRegistry, MarkInactive};
-use crate::deps::{Counters, Deps};
+use crate::deps::{hold_after_restart, Deps, Restarts};
 use crate::dispatch::{reclaim, Reclaimed};
 use crate::error::SchedResult;
 use crate::messages::{TaskSettled, TasksQueued};
@@ -24,6 +24,8 @@ pub struct HeartbeatReaper {
     registry: Addr<AgentRegistry>,
     settled: Recipient<TaskSettled>,
     queued: Recipient<TasksQueued>,
+    restarts: Restarts,
+    hold: std::time::Duration,
 }
 
 impl HeartbeatReaper {
@@ -39,6 +41,8 @@ impl HeartbeatReaper {
             registry,
             settled,
             queued,
+            restarts: Restarts::default(),
+            hold: std::time::Duration::ZERO,
         }
     }
 }
@@ -47,6 +51,7 @@ impl Actor for HeartbeatReaper {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        hold_after_restart(&mut self.hold, ctx);
         ctx.run_interval(self.deps.settings.reaper_interval, |_, ctx| {
             ctx.notify(Reap)
         });
@@ -55,7 +60,9 @@ impl Actor for HeartbeatReaper {
 
 impl Supervised for HeartbeatReaper {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        Counters::bump(&self.deps.counters.actor_restarts);
+        self.hold = self
+            .restarts
+            .failed(&self.deps.settings, &self.deps.counters);
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use actix::prelude::*;
 
-use crate::deps::{Counters, Deps};
+use crate::deps::{hold_after_restart, Deps, Restarts};
 use crate::messages::TaskSample;
 use crate::model::{new_id, Metric, MetricDimensions, MetricType, Timestamp, ValueType};
 use crate::stats::statistics;
@@ -22,6 +22,8 @@ pub struct MetricsAggregator {
     deps: Deps,
     window_start: Option<Timestamp>,
     samples: Vec<TaskSample>,
+    restarts: Restarts,
+    hold: std::time::Duration,
 }
 
 impl MetricsAggregator {
@@ -31,6 +33,8 @@ impl MetricsAggregator {
             deps,
             window_start: None,
             samples: Vec::new(),
+            restarts: Restarts::default(),
+            hold: std::time::Duration::ZERO,
         }
     }
 }
@@ -39,6 +43,7 @@ impl Actor for MetricsAggregator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        hold_after_restart(&mut self.hold, ctx);
         self.window_start = Some(self.deps.now());
         ctx.run_interval(self.deps.settings.metrics_window, |_, ctx| {
             ctx.notify(CloseWindow)
@@ -48,7 +53,9 @@ impl Actor for MetricsAggregator {
 
 impl Supervised for MetricsAggregator {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        Counters::bump(&self.deps.counters.actor_restarts);
+        self.hold = self
+            .restarts
+            .failed(&self.deps.settings, &self.deps.counters);
     }
 }
 

@@ -21,13 +21,13 @@
 //! [`CoordinatorExited`], [`ScanPipelines`], [`Snapshot`], and the test hook
 //! [`FailCoordinator`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::agent_registry::AgentRegistry;
-use crate::deps::{Counters, Deps};
+use crate::deps::{Counters, Deps, Restarts};
 use crate::engine::Command;
 use crate::error::{SchedResult, SchedulerError};
 use crate::heartbeat_reaper::HeartbeatReaper;
@@ -60,7 +60,9 @@ pub struct Supervisor {
     children: Option<Children>,
     coordinators: HashMap<String, Addr<StageCoordinator>>,
     /// Consecutive failures per pipeline, for the restart backoff.
-    failures: HashMap<String, u32>,
+    failures: HashMap<String, Restarts>,
+    /// Pipelines whose coordinator waits out its restart delay (scans leave them alone).
+    restarting: HashSet<String>,
 }
 
 impl Supervisor {
@@ -71,6 +73,7 @@ impl Supervisor {
             children: None,
             coordinators: HashMap::new(),
             failures: HashMap::new(),
+            restarting: HashSet::new(),
         }
     }
 
@@ -306,17 +309,21 @@ impl Handler<CoordinatorExited> for Supervisor {
         self.coordinators.remove(&msg.pipeline_id);
         match msg.reason {
             ExitReason::Failed(cause) => {
-                let n = self.failures.entry(msg.pipeline_id.clone()).or_default();
-                *n += 1;
-                let s = &self.deps.settings;
-                let delay = s
-                    .restart_backoff
-                    .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
-                    .min(s.restart_backoff_max);
-                Counters::bump(&self.deps.counters.actor_restarts);
-                tracing::warn!(pipeline_id = %msg.pipeline_id, cause, failures = *n, delay_ms = delay.as_millis() as u64, "restarting coordinator");
+                let restarts = self.failures.entry(msg.pipeline_id.clone()).or_default();
+                let delay = restarts.failed(&self.deps.settings, &self.deps.counters);
+                tracing::warn!(
+                    pipeline_id = %msg.pipeline_id,
+                    cause,
+                    failures = restarts.consecutive(),
+                    delay_ms = delay.as_millis() as u64,
+                    "restarting coordinator"
+                );
                 let id = msg.pipeline_id;
-                ctx.run_later(delay, move |act, ctx| act.spawn_coordinator(id, ctx));
+                self.restarting.insert(id.clone());
+                ctx.run_later(delay, move |act, ctx| {
+                    act.restarting.remove(&id);
+                    act.spawn_coordinator(id, ctx);
+                });
             }
             ExitReason::Finished | ExitReason::Missing => {
                 self.failures.remove(&msg.pipeline_id);
@@ -358,7 +365,7 @@ impl Handler<ScanPipelines> for Supervisor {
                 Ok(pipelines) => {
                     for p in pipelines {
                         if !act.coordinators.contains_key(&p.pipeline_id)
-                            && !act.failures.contains_key(&p.pipeline_id)
+                            && !act.restarting.contains(&p.pipeline_id)
                         {
                             act.spawn_coordinator(p.pipeline_id, ctx);
                         }

@@ -21,7 +21,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::agent_registry::{score, AgentRegistry, GetAgent, RecordOutcome};
-use crate::deps::{Counters, Deps};
+use crate::deps::{hold_after_restart, Deps, Restarts};
 use crate::dispatch::{self, claim_for, eligibility, Assignment, ResultReport};
 use crate::error::{SchedResult, SchedulerError};
 use crate::messages::{TaskSample, TaskSettled, TasksQueued};
@@ -38,6 +38,8 @@ pub struct TaskDispatcher {
     samples: Recipient<TaskSample>,
     waiters: Vec<Waiter>,
     next_waiter: u64,
+    restarts: Restarts,
+    hold: Duration,
 }
 
 /// A fetch waiting for work.
@@ -65,6 +67,8 @@ impl TaskDispatcher {
             samples,
             waiters: Vec::new(),
             next_waiter: 0,
+            restarts: Restarts::default(),
+            hold: Duration::ZERO,
         }
     }
 
@@ -149,6 +153,7 @@ impl Actor for TaskDispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        hold_after_restart(&mut self.hold, ctx);
         ctx.run_interval(self.deps.settings.fetch_recheck_interval, |act, ctx| {
             if !act.waiters.is_empty() {
                 act.serve_waiters(None, ctx);
@@ -159,7 +164,9 @@ impl Actor for TaskDispatcher {
 
 impl Supervised for TaskDispatcher {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        Counters::bump(&self.deps.counters.actor_restarts);
+        self.hold = self
+            .restarts
+            .failed(&self.deps.settings, &self.deps.counters);
         // Waiting fetches are dropped: their agents see the error and fetch again.
         self.waiters.clear();
     }
