@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcpd_actors::deps::Counters;
 use mcpd_actors::dispatch::ResultReport;
 use mcpd_actors::engine::Command;
 use mcpd_actors::error::SchedulerError;
@@ -56,6 +57,7 @@ scheduler_tests!(
     eight_agents_two_thousand_tasks_each_exactly_once,
     a_failing_actor_is_restarted_and_the_pipeline_finishes,
     a_survivor_takes_over_a_dead_instances_pipelines,
+    a_broker_that_loses_its_data_mid_run_is_rebuilt,
 );
 
 fn stage(n: u32, task_type: &str, deps: &[u32]) -> StageDefinition {
@@ -1009,4 +1011,53 @@ async fn a_command_on_a_finished_pipeline_is_refused_and_leaves_no_coordinator()
         PipelineStatus::Completed
     );
     a.stop();
+}
+
+async fn a_broker_that_loses_its_data_mid_run_is_rebuilt(kind: BrokerKind) {
+    let env = Env::new(kind).await;
+    let s = env.start("i1").await;
+    let l = ledger();
+    let fast = TestAgent::spawn(
+        connect(&s, spec("ag-1", AgentType::General, &["work"])).await,
+        echo(),
+        l.clone(),
+    );
+    let mut st = stage(1, "work", &[]);
+    st.fan_out = Some("/pipeline/items".into());
+    let mut p = pipeline(vec![st, stage(2, "held", &[1])]);
+    p.input_data = obj(json!({ "items": (0..20).collect::<Vec<_>>() }));
+    let p = submit(&s, p).await;
+    env.until_tasks(&p.pipeline_id, LONG, "stage 2 queued", |t| {
+        t.iter().any(|t| t.stage == 2)
+    })
+    .await;
+    let before = env.store.max_lease_token().await.unwrap();
+    let rebuilds = Counters::get(&s.deps.counters.broker_rebuilds);
+    // Redis flushed (or replaced) while mcpd runs: queues, leases, locks and the counter go.
+    env.broker.purge().await.unwrap();
+    let late = TestAgent::spawn(
+        connect(&s, spec("ag-2", AgentType::General, &["held"])).await,
+        echo(),
+        l.clone(),
+    );
+    let done = env.finished(&p.pipeline_id, LONG).await;
+    assert_eq!(
+        done.status,
+        PipelineStatus::Completed,
+        "the queued task was not lost"
+    );
+    let tasks = env.tasks(&p.pipeline_id).await;
+    assert_eq!(tasks.len(), 21);
+    assert!(
+        Counters::get(&s.deps.counters.broker_rebuilds) > rebuilds,
+        "the loss was noticed"
+    );
+    let counter = env.broker.raise_fence_floor(0).await.unwrap();
+    assert!(
+        counter >= before,
+        "the fencing counter is back above every recorded token"
+    );
+    assert!(l.lock().accepted.values().all(|v| v.len() == 1));
+    fast.stop();
+    late.stop();
 }

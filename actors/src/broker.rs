@@ -24,6 +24,7 @@
 //! | `lock:pipeline:{id}`, `lock:pipeline:{id}:stage:{n}` | string (JSON) | coordination locks |
 //! | `fence:counter` | integer | extension: the fencing-token counter shared by every lock |
 //! | `leases:expiry` | sorted set | extension: task id → lease expiry (ms), so the reaper finds lapsed leases without scanning |
+//! | `meta:epoch` | string | extension: set by every rebuild; its absence tells a running mcpd that the broker lost its data |
 //!
 //! # Time
 //! Lease and lock expiry is judged against the broker's injected [`crate::clock::Clock`]
@@ -394,6 +395,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Raises the fencing counter to at least `floor`; returns the counter's value.
     async fn raise_fence_floor(&self, floor: u64) -> BrokerResult<u64>;
 
+    /// The broker's epoch marker: set by [`Broker::rebuild_from`], gone when the broker lost
+    /// its data (a flushed or replaced Redis). No TTL.
+    async fn epoch(&self) -> BrokerResult<Option<String>>;
+
+    /// Sets the epoch marker.
+    async fn set_epoch(&self, epoch: &str) -> BrokerResult<()>;
+
     // --- locks -----------------------------------------------------------------------------
 
     /// Takes a lock if it is free or lapsed. `None` when someone else holds it.
@@ -519,6 +527,7 @@ pub trait Broker: Send + Sync + 'static {
             self.enqueue(chunk).await?;
         }
         report.queued = pending.len();
+        self.set_epoch(&crate::model::new_id("epoch")).await?;
         Ok(report)
     }
 }

@@ -85,6 +85,8 @@ pub struct Counters {
     pub tasks_requeued: AtomicU64,
     /// Agents marked inactive by the reaper.
     pub agents_expired: AtomicU64,
+    /// Times the broker was found to have lost its data and was rebuilt from the store.
+    pub broker_rebuilds: AtomicU64,
 }
 
 impl Counters {

@@ -92,9 +92,11 @@ pub async fn claim_for(deps: &Deps, agent: &Agent) -> SchedResult<Option<Assignm
         let Some(lease) = deps.broker.claim(&req).await? else {
             return Ok(None);
         };
+        // On an error from here until the grant is recorded the lease is left to lapse: the
+        // reaper then puts the task back (see `reclaim`), whatever the store ended up holding.
         let task = deps.store.get_task(&lease.task_id).await?;
         let Some(task) = task.filter(|t| t.status == TaskStatus::Pending && !t.is_deleted) else {
-            deps.broker.revoke(&lease).await?;
+            drop_stale_claim(deps, &lease, None).await?;
             continue;
         };
         let now = deps.now();
@@ -133,29 +135,54 @@ pub async fn claim_for(deps: &Deps, agent: &Agent) -> SchedResult<Option<Assignm
                 cache_status(deps, &t).await;
                 return Ok(Some(Assignment { task: t, lease }));
             }
-            Err(StoreError::Conflict { .. } | StoreError::Fenced { .. }) => {
+            Err(StoreError::Fenced { current, .. }) => {
+                // The broker handed out a token the store has seen surpassed: its counter went
+                // back (it lost its data). Raise it now; the reaper rebuilds the rest.
+                deps.broker.raise_fence_floor(current).await?;
+                let fresh = deps.store.get_task(&lease.task_id).await?;
+                drop_stale_claim(deps, &lease, fresh.as_ref()).await?;
+            }
+            Err(StoreError::Conflict { .. }) => {
                 // The task moved between claim and grant; put it back only if still pending.
                 let fresh = deps.store.get_task(&lease.task_id).await?;
-                match fresh {
-                    Some(f) if f.status == TaskStatus::Pending => {
-                        deps.broker
-                            .requeue(&QueueEntry::of(&f), Some(&lease))
-                            .await?
-                    }
-                    _ => {
-                        deps.broker.revoke(&lease).await?;
-                    }
-                }
+                drop_stale_claim(deps, &lease, fresh.as_ref()).await?;
             }
-            Err(e) => {
-                deps.broker
-                    .requeue(&QueueEntry::of(&task), Some(&lease))
-                    .await?;
-                return Err(e.into());
-            }
+            // Not known whether the grant was recorded (a commit whose outcome is unknown):
+            // the lease lapses and the reaper settles it either way.
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(None)
+}
+
+/// Undoes a claim whose task turned out not to be grantable. A task still pending goes back
+/// to its queue; a task the store records as leased to someone else gets that recorded lease
+/// back in the broker (the claim may have taken over its lapsed lock), so the reaper finds and
+/// reclaims it; anything else just loses the claim's lease.
+async fn drop_stale_claim(deps: &Deps, lease: &Lease, task: Option<&Task>) -> SchedResult<()> {
+    let task = match task {
+        Some(t) => Some(t.clone()),
+        None => deps.store.get_task(&lease.task_id).await?,
+    };
+    match task {
+        Some(t) if t.status == TaskStatus::Pending && !t.is_deleted => {
+            deps.broker
+                .requeue(&QueueEntry::of(&t), Some(lease))
+                .await?;
+        }
+        Some(t) if t.status.is_leased() && t.lease_token != lease.token => {
+            deps.broker.revoke(lease).await?;
+            if let Some(recorded) = crate::engine::recorded_lease(&t) {
+                deps.broker
+                    .restore_lease(&recorded, t.status == TaskStatus::Running)
+                    .await?;
+            }
+        }
+        _ => {
+            deps.broker.revoke(lease).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads a task and checks that `agent_id` holds it under `token`, with a live lease.
@@ -402,7 +429,10 @@ pub enum Reclaimed {
 pub async fn reclaim(deps: &Deps, lease: &Lease, reason: &str) -> SchedResult<Reclaimed> {
     let task = deps.store.get_task(&lease.task_id).await?;
     let Some(task) = task.filter(|t| t.status.is_leased() && t.lease_token == lease.token) else {
-        deps.broker.revoke(lease).await?;
+        // A lease the store never recorded (a claim that failed before its grant), or one
+        // left behind by a reclaim whose requeue failed: a task still pending is queued again,
+        // otherwise the lease is only dropped.
+        drop_stale_claim(deps, lease, None).await?;
         return Ok(Reclaimed::Stale);
     };
     let now = deps.now();
@@ -435,7 +465,11 @@ pub async fn reclaim(deps: &Deps, lease: &Lease, reason: &str) -> SchedResult<Re
         });
     } else {
         t.transition_to(TaskStatus::Pending, now)?;
-        t.retry_count += 1;
+        // A silent holder costs the task an attempt; a fetch that gave up before its answer
+        // does not.
+        if reason != "fetch_abandoned" {
+            t.retry_count += 1;
+        }
     }
     t.assigned_agent_id = None;
     t.lease_expires_at = None;

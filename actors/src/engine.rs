@@ -220,7 +220,7 @@ impl<'a> Run<'a> {
             TaskStatus::Pending => self.plan.dequeue.push(QueueEntry::of(&t)),
             TaskStatus::Assigned | TaskStatus::Running => {
                 self.release_assignment(&mut t, reason);
-                if let Some(lease) = lease_of(task) {
+                if let Some(lease) = recorded_lease(task) {
                     self.plan.revoke.push((QueueEntry::of(&t), lease));
                 }
             }
@@ -249,7 +249,7 @@ impl<'a> Run<'a> {
         jitter: &mut dyn FnMut() -> f64,
     ) {
         let mut t = task.clone();
-        let lease = lease_of(task);
+        let lease = recorded_lease(task);
         let next = if error.is_retryable && t.retry_count < t.max_retries {
             TaskStatus::Retry
         } else {
@@ -288,7 +288,8 @@ impl<'a> Run<'a> {
     }
 }
 
-fn lease_of(task: &Task) -> Option<Lease> {
+/// The lease the store records for a leased task (holder, token, grant-time expiry).
+pub fn recorded_lease(task: &Task) -> Option<Lease> {
     let agent_id = task.assigned_agent_id.clone()?;
     if !task.status.is_leased() {
         return None;
@@ -528,7 +529,15 @@ fn step(run: &mut Run<'_>, jitter: &mut dyn FnMut() -> f64) {
     }
     if let Some(deadline) = run.p.deadline {
         if now >= deadline {
-            finish_failed(run, OnStageFailure::Stop, "deadline_exceeded");
+            // Work that finished before the deadline still counts: settle what ran (starting
+            // nothing new) and fail the pipeline only if that does not complete it.
+            settle_running_stages(run, jitter);
+            if !run.p.status.is_terminal() {
+                finish_if_done(run);
+            }
+            if !run.p.status.is_terminal() {
+                finish_failed(run, OnStageFailure::Stop, "deadline_exceeded");
+            }
             return;
         }
         run.plan.wake_at(deadline);

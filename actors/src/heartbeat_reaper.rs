@@ -5,6 +5,8 @@
 //! compare-and-set so a result that arrives at the same moment wins or loses cleanly — and
 //! (2) marks agents whose last heartbeat is older than `heartbeat_timeout` inactive and
 //! reclaims their leases at once, without waiting for them to lapse. Both passes are bounded.
+//! First of all it checks the broker's epoch marker: a broker that lost its data while mcpd
+//! runs is rebuilt from the store.
 //!
 //! Messages in: [`Reap`] (its own timer; tests send it directly).
 //! Messages out: `MarkInactive` to the registry, [`TaskSettled`] for tasks that failed for
@@ -77,6 +79,8 @@ pub struct ReapReport {
     pub stale: usize,
     /// Agents marked inactive.
     pub agents_expired: usize,
+    /// Whether the broker had lost its data and was rebuilt from the store.
+    pub broker_rebuilt: bool,
 }
 
 /// Runs one reaper pass.
@@ -94,6 +98,28 @@ impl Handler<Reap> for HeartbeatReaper {
         let queued = self.queued.clone();
         Box::pin(async move {
             let mut report = ReapReport::default();
+            // No epoch marker: the broker lost its data (a flushed or replaced Redis). Rebuild
+            // it from the store before anything else, so no task is lost and no token is
+            // handed out twice.
+            if deps.broker.epoch().await?.is_none() {
+                tracing::warn!(
+                    "broker has no epoch marker (lost its data?); rebuilding it from the store"
+                );
+                let rebuilt = deps
+                    .broker
+                    .rebuild_from(deps.store.as_ref(), deps.now())
+                    .await?;
+                tracing::info!(
+                    queued = rebuilt.queued,
+                    leases_restored = rebuilt.leases_restored,
+                    "broker rebuilt"
+                );
+                report.broker_rebuilt = true;
+                crate::deps::Counters::bump(&deps.counters.broker_rebuilds);
+                queued.do_send(TasksQueued {
+                    task_types: Vec::new(),
+                });
+            }
             let mut requeued_types = Vec::new();
             let mut take = |r: Reclaimed, report: &mut ReapReport| match r {
                 Reclaimed::Stale => report.stale += 1,

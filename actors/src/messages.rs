@@ -18,7 +18,7 @@ pub struct TaskSettled {
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct TasksQueued {
-    /// The task types queued.
+    /// The task types queued; empty means any (after a rebuild).
     pub task_types: Vec<String>,
 }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde_json::json;
 
+use crate::broker::QueueEntry;
 use crate::broker::{CacheKey, Fence, LockKey};
 use crate::deps::Deps;
 use crate::engine::{self, Command, Plan};
@@ -28,7 +29,7 @@ use crate::error::{SchedResult, SchedulerError};
 use crate::journal::{classification_of, Actor as By};
 use crate::messages::{TaskSettled, TasksQueued};
 use crate::model::{AuditAction, ResourceType};
-use crate::model::{Pipeline, Task};
+use crate::model::{Pipeline, PipelineStatus, Task, TaskStatus};
 use crate::store::{collect_all, StoreError, TaskQuery, Transition, Write};
 
 /// Why a coordinator stopped.
@@ -176,21 +177,15 @@ impl Actor for StageCoordinator {
             };
             let pipeline = deps.store.get_pipeline(&id).await?;
             let tasks = load_tasks(&deps, &id).await?;
-            // Whatever a crashed predecessor persisted but never queued is queued now;
-            // queuing a queued task changes nothing and claims skip leased ones.
-            let pending: Vec<_> = tasks
-                .iter()
-                .filter(|t| t.status == crate::model::TaskStatus::Pending)
-                .map(crate::broker::QueueEntry::of)
-                .collect();
-            let paused = pipeline
-                .as_ref()
-                .is_some_and(|p| p.status == crate::model::PipelineStatus::Paused);
-            if !paused {
-                for chunk in pending.chunks(500) {
-                    deps.broker.enqueue(chunk).await?;
-                }
+            // Whatever a crashed predecessor persisted but never queued is queued now.
+            if let Some(p) = pipeline.as_ref().filter(|p| !p.status.is_terminal()) {
+                repair_queues(&deps, p, &tasks).await;
             }
+            let pending: Vec<QueueEntry> = tasks
+                .iter()
+                .filter(|t| t.status == TaskStatus::Pending)
+                .map(QueueEntry::of)
+                .collect();
             Ok::<_, SchedulerError>(Some((fence, pipeline, tasks, pending)))
         };
         ctx.wait(start.into_actor(self).map(|res, act, ctx| match res {
@@ -271,6 +266,22 @@ impl StageCoordinator {
         ctx: &mut Context<Self>,
         reply: Option<tokio::sync::oneshot::Sender<SchedResult<Pipeline>>>,
     ) {
+        // A coordinator whose lock lapsed (renewals failing) must not write: another instance
+        // may coordinate the pipeline by now.
+        if self
+            .fence
+            .as_ref()
+            .is_some_and(|f| f.expires_at <= self.deps.now())
+        {
+            tracing::warn!(pipeline_id = %self.pipeline_id, "coordination lock lapsed; stopping");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(SchedulerError::Unavailable(
+                    "coordination lock lapsed".into(),
+                )));
+            }
+            self.stop_with(ExitReason::LockLost, ctx);
+            return;
+        }
         self.busy = true;
         let deps = self.deps.clone();
         let old_revision = self.pipeline.as_ref().map_or(0, |p| p.revision);
@@ -383,10 +394,45 @@ impl StageCoordinator {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(e));
                     }
-                    ctx.run_later(Duration::from_millis(500), |_, ctx| ctx.notify(Reconcile));
+                    // Re-read before trying again: the store may hold the step already while the
+                    // broker missed part of it (the resync repairs the queues).
+                    ctx.run_later(Duration::from_millis(500), |_, ctx| ctx.notify(Resync));
                 }
             }
         }));
+    }
+}
+
+/// Puts the broker's queues right for a pipeline: every pending task queued (running), or none
+/// (paused). Idempotent — queuing a queued task changes nothing and claims skip leased ones —
+/// so it repairs whatever a failed broker call, a lost Redis or a reclaim left behind.
+async fn repair_queues(deps: &Deps, p: &Pipeline, tasks: &[Task]) {
+    let pending: Vec<QueueEntry> = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Pending && !t.is_deleted)
+        .map(QueueEntry::of)
+        .collect();
+    let res = if p.status == PipelineStatus::Paused {
+        let mut r = Ok(());
+        for e in &pending {
+            if let Err(err) = deps.broker.dequeue(e).await {
+                r = Err(err);
+                break;
+            }
+        }
+        r
+    } else {
+        let mut r = Ok(());
+        for chunk in pending.chunks(500) {
+            if let Err(err) = deps.broker.enqueue(chunk).await {
+                r = Err(err);
+                break;
+            }
+        }
+        r
+    };
+    if let Err(e) = res {
+        tracing::warn!(pipeline_id = %p.pipeline_id, cause = %e, "queues not repaired; will retry");
     }
 }
 
@@ -496,6 +542,9 @@ impl Handler<Resync> for StageCoordinator {
         let read = async move {
             let stored = deps.store.get_pipeline(&id).await?;
             let tasks = load_tasks(&deps, &id).await?;
+            if let Some(p) = stored.as_ref().filter(|p| !p.status.is_terminal()) {
+                repair_queues(&deps, p, &tasks).await;
+            }
             Ok::<_, StoreError>((stored, tasks))
         };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
@@ -508,7 +557,11 @@ impl Handler<Resync> for StageCoordinator {
                         act.pipeline = Some(stored);
                         act.progress_dirty = false;
                     }
-                    act.set_tasks(tasks);
+                    // Merge by revision: a task that settled while the read was in flight keeps
+                    // its newer version.
+                    for t in tasks {
+                        act.upsert_task(t);
+                    }
                     if keep_local {
                         // Force the pending progress out with this reconcile.
                         if let Some(p) = act.pipeline.clone() {
@@ -523,7 +576,12 @@ impl Handler<Resync> for StageCoordinator {
                     ctx.notify(Reconcile);
                 }
                 Ok((None, _)) => act.stop_with(ExitReason::Missing, ctx),
-                Err(e) => tracing::warn!(pipeline_id = %act.pipeline_id, cause = %e, "resync failed; will retry"),
+Err(e) => {
+                    tracing::warn!(pipeline_id = %act.pipeline_id, cause = %e, "resync failed; will retry");
+                    if std::mem::take(&mut act.again) {
+                        ctx.notify(Reconcile);
+                    }
+                }
             }
         }));
     }

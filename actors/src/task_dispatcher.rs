@@ -244,7 +244,8 @@ impl Handler<TasksQueued> for TaskDispatcher {
 
     fn handle(&mut self, msg: TasksQueued, ctx: &mut Self::Context) {
         if !self.waiters.is_empty() {
-            self.serve_waiters(Some(&msg.task_types), ctx);
+            let types = (!msg.task_types.is_empty()).then_some(&msg.task_types[..]);
+            self.serve_waiters(types, ctx);
         }
     }
 }

@@ -54,6 +54,7 @@ struct State {
     capabilities: HashMap<String, HashMap<String, f64>>,
     active: BTreeSet<String>,
     rate: HashMap<String, (u32, Timestamp)>,
+    epoch: Option<String>,
 }
 
 /// The in-process [`Broker`].
@@ -437,6 +438,15 @@ impl Broker for MemoryBroker {
         let mut st = self.state.lock();
         st.fence = st.fence.max(floor);
         Ok(st.fence)
+    }
+
+    async fn epoch(&self) -> BrokerResult<Option<String>> {
+        Ok(self.state.lock().epoch.clone())
+    }
+
+    async fn set_epoch(&self, epoch: &str) -> BrokerResult<()> {
+        self.state.lock().epoch = Some(epoch.to_string());
+        Ok(())
     }
 
     async fn acquire_lock(

@@ -55,6 +55,7 @@ macro_rules! broker_conformance {
             caches_put_get_every_key,
             agent_presence_and_capabilities,
             purge_empties_everything,
+            epoch_marker_set_read_and_purged,
             concurrent_claimers_take_each_task_once,
             rebuild_restores_queues_and_leases,
             rebuild_is_idempotent,

@@ -369,3 +369,25 @@ pub async fn purge_empties_everything(fx: BrokerFixture) {
     assert!(b.rate_limit("submit", "u", 1, TTL).await.unwrap().allowed);
     assert!(b.lapsed_leases(10).await.unwrap().is_empty());
 }
+
+pub async fn epoch_marker_set_read_and_purged(fx: BrokerFixture) {
+    assert_eq!(
+        fx.broker.epoch().await.unwrap(),
+        None,
+        "a fresh broker has none"
+    );
+    fx.broker.set_epoch("epoch-1").await.unwrap();
+    assert_eq!(fx.broker.epoch().await.unwrap().as_deref(), Some("epoch-1"));
+    fx.clock.advance(Duration::from_secs(86_400 * 365));
+    assert_eq!(
+        fx.broker.epoch().await.unwrap().as_deref(),
+        Some("epoch-1"),
+        "no expiry"
+    );
+    fx.broker.purge().await.unwrap();
+    assert_eq!(
+        fx.broker.epoch().await.unwrap(),
+        None,
+        "a lost broker has none"
+    );
+}

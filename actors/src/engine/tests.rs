@@ -463,3 +463,14 @@ fn a_scheduled_start_waits() {
     w.reconcile(at(5_000));
     assert_eq!(w.p.status, PipelineStatus::Running);
 }
+
+#[test]
+fn work_finished_before_the_deadline_completes_the_pipeline_even_if_seen_after() {
+    let mut w = World::new(pipeline(vec![def(1, &[])]));
+    w.p.deadline = Some(at(60_000));
+    w.reconcile(at(0));
+    let id = w.ids(1)[0].clone();
+    w.complete(&id, json!({"ok": true}), at(59_000));
+    w.reconcile(at(61_000));
+    assert_eq!(w.p.status, PipelineStatus::Completed);
+}

@@ -330,6 +330,19 @@ impl Broker for RedisBroker {
             .map_err(|e| redis_error("raise_fence_floor", e))
     }
 
+    async fn epoch(&self) -> BrokerResult<Option<String>> {
+        self.query("epoch", redis::cmd("GET").arg(self.keys.epoch()))
+            .await
+    }
+
+    async fn set_epoch(&self, epoch: &str) -> BrokerResult<()> {
+        self.query(
+            "set_epoch",
+            redis::cmd("SET").arg(self.keys.epoch()).arg(epoch),
+        )
+        .await
+    }
+
     async fn acquire_lock(
         &self,
         key: &LockKey,

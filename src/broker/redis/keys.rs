@@ -101,6 +101,11 @@ impl Keys {
         self.at(FENCE_COUNTER)
     }
 
+    /// `meta:epoch`.
+    pub fn epoch(&self) -> String {
+        self.at("meta:epoch")
+    }
+
     /// `leases:expiry`.
     pub fn lease_expiry(&self) -> String {
         self.at(LEASE_EXPIRY)
