@@ -124,8 +124,49 @@ fn bad_config_on_run_exits_2_and_writes_nothing() {
 
 #[test]
 fn migrate_with_valid_config_succeeds() {
-    let output = run(mcpd().arg("migrate"));
+    let data_dir = temp_dir("cli_migrate").join("data");
+    let output = run(mcpd()
+        .arg("migrate")
+        .env("MCPD__STORE__DATA_DIR", &data_dir));
     assert!(output.status.success(), "stderr: {}", stderr(&output));
+    assert!(
+        data_dir.join("mcpd.db").is_file(),
+        "the embedded store was created"
+    );
+    let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
+}
+
+#[test]
+fn daemon_runs_on_mongodb_and_redis_and_reports_ready() {
+    let data_dir = temp_dir("cli_prod").join("data");
+    let mongo = support::shared_mongo().url().to_string();
+    let env = [
+        ("MCPD__STORE__BACKEND", "mongodb".to_string()),
+        ("MCPD__STORE__MONGODB__URI", mongo),
+        ("MCPD__STORE__MONGODB__DATABASE", unique_name("clidb")),
+        ("MCPD__BROKER__BACKEND", "redis".to_string()),
+        ("MCPD__BROKER__REDIS__URL", support::shared_redis().url()),
+        (
+            "MCPD__BROKER__REDIS__KEY_PREFIX",
+            format!("{}:", unique_name("cli")),
+        ),
+    ];
+    let mut daemon = Daemon::start_with(&data_dir, &env);
+    wait_healthy(&mut daemon);
+    let ready = wait_until(Duration::from_secs(20), || {
+        matches!(http_get(daemon.http_addr, "/readyz"), Ok((200, _)))
+    });
+    assert!(ready, "/readyz never 200 with MongoDB and Redis");
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("mcpd still running 5 s after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        !data_dir.exists(),
+        "no embedded store when the store is MongoDB"
+    );
+    let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
 }
 
 /// A running `mcpd run`, killed on drop if the test did not stop it.
@@ -136,6 +177,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// Starts `mcpd run` with extra environment overrides.
+    fn start_with(data_dir: &Path, env: &[(&str, String)]) -> Self {
         let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let tcp_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = mcpd()
@@ -143,6 +189,7 @@ impl Daemon {
             .env("MCPD__SERVER__HTTP_ADDR", http_addr.to_string())
             .env("MCPD__SERVER__TCP_ADDR", tcp_addr.to_string())
             .env("MCPD__STORE__DATA_DIR", data_dir)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
