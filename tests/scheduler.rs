@@ -22,7 +22,7 @@ use mcpd_actors::model::{
     PipelineConfiguration, PipelineStatus, QualityScores, RetryConfig, StageDefinition,
     StageStatus, TaskError, TaskStatus, Timestamp, Weekday, WorkingHours,
 };
-use mcpd_actors::store::{MetricQuery, Page};
+use mcpd_actors::store::{EventQuery, MetricQuery, Page};
 use mcpd_actors::supervisor::{FailCoordinator, Snapshot};
 use mcpd_actors::task_dispatcher::InjectFailure;
 use parking_lot::Mutex;
@@ -58,6 +58,7 @@ scheduler_tests!(
     a_failing_actor_is_restarted_and_the_pipeline_finishes,
     a_survivor_takes_over_a_dead_instances_pipelines,
     a_broker_that_loses_its_data_mid_run_is_rebuilt,
+    results_sent_to_another_instance_reach_the_coordinator,
 );
 
 fn stage(n: u32, task_type: &str, deps: &[u32]) -> StageDefinition {
@@ -1060,4 +1061,53 @@ async fn a_broker_that_loses_its_data_mid_run_is_rebuilt(kind: BrokerKind) {
     assert!(l.lock().accepted.values().all(|v| v.len() == 1));
     fast.stop();
     late.stop();
+}
+
+async fn results_sent_to_another_instance_reach_the_coordinator(kind: BrokerKind) {
+    let env = Env::new(kind).await;
+    let a = env.start("instance-a").await;
+    let b = env.start("instance-b").await;
+    // Coordinated by A; every agent talks to B only.
+    let mut st = stage(1, "work", &[]);
+    st.fan_out = Some("/pipeline/items".into());
+    let mut p = pipeline(vec![st, stage(2, "work", &[1]), stage(3, "work", &[2])]);
+    p.input_data = obj(json!({ "items": (0..30).collect::<Vec<_>>() }));
+    let p = submit(&a, p).await;
+    let l = ledger();
+    let agents: Vec<_> = futures::future::join_all((0..3).map(|i| {
+        let b = b.clone();
+        async move { connect(&b, spec(&format!("ag-{i}"), AgentType::General, &["work"])).await }
+    }))
+    .await
+    .into_iter()
+    .map(|h| TestAgent::spawn(h, echo(), l.clone()))
+    .collect();
+    let done = env.finished(&p.pipeline_id, LONG).await;
+    assert_eq!(done.status, PipelineStatus::Completed);
+    assert_eq!(
+        env.tasks(&p.pipeline_id).await.len(),
+        32,
+        "each stage created once"
+    );
+    // Every pipeline step was written by A, none by B.
+    let steps = env
+        .store
+        .query_events(
+            &EventQuery {
+                target_id: Some(p.pipeline_id.clone()),
+                ..Default::default()
+            },
+            &Page::first(1000),
+        )
+        .await
+        .unwrap();
+    let writers: std::collections::BTreeSet<String> = steps
+        .items
+        .iter()
+        .filter(|e| e.event_type != "pipeline_created")
+        .map(|e| e.source.id.clone())
+        .collect();
+    assert_eq!(writers.into_iter().collect::<Vec<_>>(), ["instance-a"]);
+    assert!(l.lock().accepted.values().all(|v| v.len() == 1));
+    agents.iter().for_each(TestAgent::stop);
 }

@@ -149,8 +149,18 @@ impl StageCoordinator {
 }
 
 async fn load_tasks(deps: &Deps, pipeline_id: &str) -> Result<Vec<Task>, StoreError> {
+    load_tasks_in(deps, pipeline_id, Vec::new()).await
+}
+
+/// The tasks of a pipeline in any of `statuses` (all when empty).
+async fn load_tasks_in(
+    deps: &Deps,
+    pipeline_id: &str,
+    statuses: Vec<TaskStatus>,
+) -> Result<Vec<Task>, StoreError> {
     let q = TaskQuery {
         pipeline_id: Some(pipeline_id.to_string()),
+        statuses,
         ..Default::default()
     };
     collect_all(1000, |page| {
@@ -539,9 +549,35 @@ impl Handler<Resync> for StageCoordinator {
         let id = self.pipeline_id.clone();
         let flush_progress = self.progress_dirty;
         let local = self.pipeline.clone();
+        // Finished tasks never change again, so only the unfinished ones are re-read: those
+        // still unfinished come back from one query, and those that finished meanwhile (on
+        // another instance) are the ones missing from it, read one by one.
+        let unfinished: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|t| !t.status.is_terminal())
+            .map(|t| t.task_id.clone())
+            .collect();
         let read = async move {
             let stored = deps.store.get_pipeline(&id).await?;
-            let tasks = load_tasks(&deps, &id).await?;
+            let open = vec![
+                TaskStatus::Pending,
+                TaskStatus::Assigned,
+                TaskStatus::Running,
+                TaskStatus::Retry,
+            ];
+            let mut tasks = load_tasks_in(&deps, &id, open).await?;
+            let still: std::collections::HashSet<&str> =
+                tasks.iter().map(|t| t.task_id.as_str()).collect();
+            let gone: Vec<String> = unfinished
+                .into_iter()
+                .filter(|t| !still.contains(t.as_str()))
+                .collect();
+            for task_id in gone {
+                if let Some(t) = deps.store.get_task(&task_id).await? {
+                    tasks.push(t);
+                }
+            }
             if let Some(p) = stored.as_ref().filter(|p| !p.status.is_terminal()) {
                 repair_queues(&deps, p, &tasks).await;
             }
