@@ -24,6 +24,7 @@
 //! | `lock:pipeline:{id}`, `lock:pipeline:{id}:stage:{n}` | string (JSON) | coordination locks |
 //! | `fence:counter` | integer | extension: the fencing-token counter shared by every lock |
 //! | `leases:expiry` | sorted set | extension: task id → lease expiry (ms), so the reaper finds lapsed leases without scanning |
+//! | `events:queued` | pub/sub channel | extension: every enqueue and requeue announces its task types (a JSON list), so a fetch waiting on any instance is answered at once |
 //! | `meta:epoch` | string | extension: set by every rebuild; its absence tells a running mcpd that the broker lost its data |
 //!
 //! # Time
@@ -343,6 +344,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Queues tasks (one round trip). Queuing a queued task again changes nothing.
     async fn enqueue(&self, entries: &[QueueEntry]) -> BrokerResult<()>;
+
+    /// Announcements of queued work: the task types of every enqueue and requeue made through
+    /// this broker by any instance sharing it. Best effort — an announcement may be missed
+    /// (a reconnect, a lagging receiver) — so waiters also re-check now and then.
+    async fn watch_queued(&self) -> BrokerResult<tokio::sync::broadcast::Receiver<Vec<String>>>;
 
     /// Removes a queued task (cancel). `true` when it was queued.
     async fn dequeue(&self, entry: &QueueEntry) -> BrokerResult<bool>;

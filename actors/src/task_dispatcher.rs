@@ -40,6 +40,8 @@ pub struct TaskDispatcher {
     next_waiter: u64,
     restarts: Restarts,
     hold: Duration,
+    /// Relays the broker's queued-work announcements (from every instance) to this actor.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A fetch waiting for work.
@@ -69,6 +71,7 @@ impl TaskDispatcher {
             next_waiter: 0,
             restarts: Restarts::default(),
             hold: Duration::ZERO,
+            watcher: None,
         }
     }
 
@@ -139,6 +142,36 @@ impl TaskDispatcher {
     }
 }
 
+impl TaskDispatcher {
+    /// Relays the broker's announcements of queued work — made by any instance sharing the
+    /// broker — as [`TasksQueued`], so a fetch waiting here is answered the moment matching work
+    /// is queued anywhere. A lagging relay asks for every waiter to be tried.
+    fn watch_announcements(&mut self, ctx: &mut Context<Self>) {
+        let broker = self.deps.broker.clone();
+        let me = ctx.address();
+        self.watcher = Some(actix::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            let mut rx = match broker.watch_queued().await {
+                Ok(rx) => rx,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "no queued-work announcements; relying on re-checks");
+                    return;
+                }
+            };
+            loop {
+                let task_types = match rx.recv().await {
+                    Ok(types) => types,
+                    Err(RecvError::Lagged(_)) => Vec::new(),
+                    Err(RecvError::Closed) => return,
+                };
+                if me.try_send(TasksQueued { task_types }).is_err() && !me.connected() {
+                    return;
+                }
+            }
+        }));
+    }
+}
+
 /// One claim attempt for an agent: eligibility, then the queues.
 async fn try_claim(deps: &Deps, agent: &Agent) -> SchedResult<Option<Assignment>> {
     let held = deps.broker.assigned_tasks(&agent.agent_id).await?.len();
@@ -154,6 +187,7 @@ impl Actor for TaskDispatcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         hold_after_restart(&mut self.hold, ctx);
+        self.watch_announcements(ctx);
         ctx.run_interval(self.deps.settings.fetch_recheck_interval, |act, ctx| {
             if !act.waiters.is_empty() {
                 act.serve_waiters(None, ctx);
@@ -169,6 +203,9 @@ impl Supervised for TaskDispatcher {
             .failed(&self.deps.settings, &self.deps.counters);
         // Waiting fetches are dropped: their agents see the error and fetch again.
         self.waiters.clear();
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
     }
 }
 

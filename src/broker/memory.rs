@@ -57,10 +57,15 @@ struct State {
     epoch: Option<String>,
 }
 
+/// Announcements buffered per watcher before the oldest are dropped (a lagging watcher
+/// re-checks everything).
+const ANNOUNCEMENTS: usize = 1024;
+
 /// The in-process [`Broker`].
 pub struct MemoryBroker {
     clock: SharedClock,
     state: Mutex<State>,
+    queued: tokio::sync::broadcast::Sender<Vec<String>>,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -75,6 +80,17 @@ impl MemoryBroker {
         MemoryBroker {
             clock,
             state: Mutex::new(State::default()),
+            queued: tokio::sync::broadcast::channel(ANNOUNCEMENTS).0,
+        }
+    }
+
+    /// Tells watchers which task types were queued (nobody watching is fine).
+    fn announce(&self, entries: &[QueueEntry]) {
+        let mut types: Vec<String> = entries.iter().map(|e| e.task_type.clone()).collect();
+        types.sort();
+        types.dedup();
+        if !types.is_empty() {
+            let _ = self.queued.send(types);
         }
     }
 
@@ -262,11 +278,18 @@ impl Broker for MemoryBroker {
     async fn enqueue(&self, entries: &[QueueEntry]) -> BrokerResult<()> {
         // Check all first: a batch goes in whole or not at all.
         entries.iter().try_for_each(QueueEntry::check)?;
-        let mut st = self.state.lock();
-        for e in entries {
-            st.enqueue(e);
+        {
+            let mut st = self.state.lock();
+            for e in entries {
+                st.enqueue(e);
+            }
         }
+        self.announce(entries);
         Ok(())
+    }
+
+    async fn watch_queued(&self) -> BrokerResult<tokio::sync::broadcast::Receiver<Vec<String>>> {
+        Ok(self.queued.subscribe())
     }
 
     async fn dequeue(&self, entry: &QueueEntry) -> BrokerResult<bool> {
@@ -358,6 +381,8 @@ impl Broker for MemoryBroker {
             }
         }
         st.enqueue(entry);
+        drop(st);
+        self.announce(std::slice::from_ref(entry));
         Ok(())
     }
 

@@ -480,3 +480,36 @@ pub async fn concurrent_claimers_take_each_task_once(fx: BrokerFixture) {
     assert_eq!(ids.len(), N);
     assert_eq!(fx.broker.queue_len("race").await.unwrap(), 0);
 }
+
+pub async fn queued_work_is_announced(fx: BrokerFixture) {
+    let mut rx = fx.broker.watch_queued().await.unwrap();
+    let mut other = fx.broker.watch_queued().await.unwrap();
+    // A subscription may take a moment to become active: keep queuing until one is heard.
+    let mut heard = None;
+    for i in 0..100 {
+        let e = entry(&format!("t{i}"), "announced", 5, None, i);
+        fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
+        if let Ok(Ok(types)) = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await {
+            heard = Some(types);
+            break;
+        }
+    }
+    assert_eq!(heard.expect("an announcement within 5 s"), ["announced"]);
+    let types = tokio::time::timeout(Duration::from_secs(5), other.recv())
+        .await
+        .expect("every watcher hears it")
+        .unwrap();
+    assert_eq!(types, ["announced"]);
+    // A requeue is announced too.
+    while rx.try_recv().is_ok() {}
+    let e = entry("r", "again", 5, None, 1);
+    fx.broker.enqueue(std::slice::from_ref(&e)).await.unwrap();
+    let l = claim(&fx, "ag", &["again"]).await.unwrap();
+    while rx.try_recv().is_ok() {}
+    fx.broker.requeue(&e, Some(&l)).await.unwrap();
+    let types = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("requeue announced")
+        .unwrap();
+    assert_eq!(types, ["again"]);
+}

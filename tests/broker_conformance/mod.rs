@@ -57,6 +57,7 @@ macro_rules! broker_conformance {
             purge_empties_everything,
             epoch_marker_set_read_and_purged,
             concurrent_claimers_take_each_task_once,
+            queued_work_is_announced,
             rebuild_restores_queues_and_leases,
             rebuild_is_idempotent,
         );

@@ -41,10 +41,21 @@ impl Broker for RedisBroker {
                 .arg(entry.member())
                 .ignore();
         }
+        // The announcement rides in the same round trip.
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.queued_channel())
+            .arg(announcement(entries))
+            .ignore();
         let mut conn = self.conn("enqueue").await?;
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|e| redis_error("enqueue", e))
+    }
+
+    async fn watch_queued(&self) -> BrokerResult<tokio::sync::broadcast::Receiver<Vec<String>>> {
+        let rx = self.queued.subscribe();
+        self.listen_queued();
+        Ok(rx)
     }
 
     async fn dequeue(&self, entry: &QueueEntry) -> BrokerResult<bool> {
@@ -173,7 +184,18 @@ impl Broker for RedisBroker {
             .arg(entry.member());
         let reply = self.run("requeue", &inv).await?;
         match reply.tag()?.as_str() {
-            "queued" | "newer" => Ok(()),
+            "queued" => {
+                let _: i64 = self
+                    .query(
+                        "requeue",
+                        redis::cmd("PUBLISH")
+                            .arg(self.keys.queued_channel())
+                            .arg(announcement(std::slice::from_ref(entry))),
+                    )
+                    .await?;
+                Ok(())
+            }
+            "newer" => Ok(()),
             other => Err(BrokerError::Backend(format!(
                 "requeue: unexpected outcome {other}"
             ))),
@@ -637,4 +659,12 @@ impl Broker for RedisBroker {
             cursor = next;
         }
     }
+}
+
+/// The `events:queued` payload: the distinct task types of `entries`, as a JSON list.
+fn announcement(entries: &[QueueEntry]) -> String {
+    let mut types: Vec<&str> = entries.iter().map(|e| e.task_type.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    serde_json::to_string(&types).unwrap_or_else(|_| "[]".into())
 }

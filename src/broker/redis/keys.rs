@@ -101,6 +101,11 @@ impl Keys {
         self.at(FENCE_COUNTER)
     }
 
+    /// `events:queued` (a pub/sub channel).
+    pub fn queued_channel(&self) -> String {
+        self.at("events:queued")
+    }
+
     /// `meta:epoch`.
     pub fn epoch(&self) -> String {
         self.at("meta:epoch")

@@ -79,6 +79,11 @@ pub struct RedisBroker {
     pool: Pool,
     keys: Keys,
     clock: SharedClock,
+    /// For the dedicated pub/sub connection (not pooled: it only listens).
+    client: redis::Client,
+    queued: tokio::sync::broadcast::Sender<Vec<String>>,
+    /// Whether the listener task runs (it starts with the first watcher).
+    listening: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -114,10 +119,15 @@ impl RedisBroker {
         let pool = config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| BrokerError::Invalid(format!("connect: redis url {url:?}: {e}")))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| BrokerError::Invalid(format!("connect: redis url: {e}")))?;
         let broker = RedisBroker {
             pool,
             keys: Keys::new(key_prefix),
             clock,
+            client,
+            queued: tokio::sync::broadcast::channel(1024).0,
+            listening: Default::default(),
         };
         broker.ping().await?;
         Ok(broker)
@@ -160,6 +170,51 @@ impl RedisBroker {
             .await
             .map_err(|e| redis_error(op, e))?;
         Reply::new(op, value)
+    }
+
+    /// Starts, once, the task that relays `events:queued` into [`Self::queued`]; it reconnects
+    /// after any error and ends when the broker is dropped (no receiver and no sender left).
+    pub(crate) fn listen_queued(&self) {
+        if self
+            .listening
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let client = self.client.clone();
+        let channel = self.keys.queued_channel();
+        let tx = self.queued.downgrade();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            // Only a weak sender is kept: once the broker is gone, the task ends.
+            while tx.upgrade().is_some() {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                        Ok(()) => {
+                            let mut messages = pubsub.on_message();
+                            while let Some(msg) = messages.next().await {
+                                let Some(sender) = tx.upgrade() else { return };
+                                let payload: String = msg.get_payload().unwrap_or_default();
+                                if let Ok(types) = serde_json::from_str::<Vec<String>>(&payload) {
+                                    let _ = sender.send(types);
+                                }
+                            }
+                            tracing::warn!(
+                                channel,
+                                "queued-work announcements interrupted; reconnecting"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(channel, cause = %e, "cannot subscribe to queued-work announcements")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(channel, cause = %e, "cannot open the announcements connection")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     async fn get_json<T: DeserializeOwned>(
