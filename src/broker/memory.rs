@@ -55,7 +55,12 @@ struct State {
     active: BTreeSet<String>,
     rate: HashMap<String, (u32, Timestamp)>,
     epoch: Option<String>,
+    /// Writes of expiring entries since the last sweep.
+    writes: u32,
 }
+
+/// Writes of expiring entries between two sweeps of expired ones.
+const SWEEP_EVERY: u32 = 1024;
 
 /// Announcements buffered per watcher before the oldest are dropped (a lagging watcher
 /// re-checks everything).
@@ -234,6 +239,22 @@ impl State {
             return Err(lock_lost(key, "fencing token superseded"));
         }
         Ok(stored)
+    }
+
+    /// Counts a write of an expiring entry; every [`SWEEP_EVERY`] writes, drops what Redis
+    /// would have expired by now (caches, sessions, presence, rate windows, lapsed locks), so
+    /// the maps do not grow with every task, session and client ever seen.
+    fn wrote(&mut self, now: Timestamp) {
+        self.writes += 1;
+        if self.writes < SWEEP_EVERY {
+            return;
+        }
+        self.writes = 0;
+        self.caches.retain(|_, (_, exp)| *exp > now);
+        self.sessions.retain(|_, (_, exp)| *exp > now);
+        self.presence.retain(|_, (_, exp)| *exp > now);
+        self.rate.retain(|_, (_, end)| *end > now);
+        self.locks.retain(|_, f| f.expires_at > now);
     }
 
     /// How many Redis keys this state stands for (what `purge` reports).
@@ -494,6 +515,7 @@ impl Broker for MemoryBroker {
             expires_at: now.plus(ttl),
         };
         st.locks.insert(k, fence.clone());
+        st.wrote(now);
         Ok(Some(fence))
     }
 
@@ -513,9 +535,12 @@ impl Broker for MemoryBroker {
     }
 
     async fn release_lock(&self, key: &LockKey, fence: &Fence) -> BrokerResult<()> {
+        let now = self.now();
         let mut st = self.state.lock();
-        // A lapsed lock nobody took over is still the holder's to release.
-        st.held_lock(key, fence)?;
+        // A lapsed lock is no longer held (as with renew): releasing it is LockLost.
+        if st.held_lock(key, fence)?.expires_at <= now {
+            return Err(lock_lost(key, "expired"));
+        }
         st.locks.remove(&key.key());
         Ok(())
     }
@@ -530,6 +555,7 @@ impl Broker for MemoryBroker {
         check_ttl(window, "rate_limit")?;
         let now = self.now();
         let mut st = self.state.lock();
+        st.wrote(now);
         let slot = st
             .rate
             .entry(format!("rate_limit:{endpoint}:{actor}"))
@@ -553,11 +579,11 @@ impl Broker for MemoryBroker {
         ttl: Duration,
     ) -> BrokerResult<()> {
         check_ttl(ttl, "put_session")?;
-        let expires = self.now().plus(ttl);
-        self.state
-            .lock()
-            .sessions
-            .insert(session_id.to_string(), (session.clone(), expires));
+        let now = self.now();
+        let mut st = self.state.lock();
+        st.sessions
+            .insert(session_id.to_string(), (session.clone(), now.plus(ttl)));
+        st.wrote(now);
         Ok(())
     }
 
@@ -580,11 +606,11 @@ impl Broker for MemoryBroker {
     }
 
     async fn put_cache(&self, key: &CacheKey, value: &serde_json::Value) -> BrokerResult<()> {
-        let expires = self.now().plus(key.ttl());
-        self.state
-            .lock()
-            .caches
-            .insert(key.key(), (value.clone(), expires));
+        let now = self.now();
+        let mut st = self.state.lock();
+        st.caches
+            .insert(key.key(), (value.clone(), now.plus(key.ttl())));
+        st.wrote(now);
         Ok(())
     }
 
@@ -606,9 +632,11 @@ impl Broker for MemoryBroker {
         if presence.agent_id.is_empty() {
             return Err(BrokerError::Invalid("publish_agent: empty agent_id".into()));
         }
-        let expires = self.now().plus(AGENT_STATUS_TTL);
+        let now = self.now();
+        let expires = now.plus(AGENT_STATUS_TTL);
         let id = presence.agent_id.clone();
         let mut st = self.state.lock();
+        st.wrote(now);
         for cap in &presence.capabilities {
             st.capabilities
                 .entry(cap.clone())
@@ -662,9 +690,11 @@ impl Broker for MemoryBroker {
             return Ok(Vec::new());
         };
         let mut out: Vec<(String, f64)> = ranked.iter().map(|(a, s)| (a.clone(), *s)).collect();
-        // Best first; ties by id descending, as ZREVRANGE orders equal scores.
+        // The same agents a ZREVRANGE with this limit keeps (ties: highest ids), presented as the
+        // Redis broker does: best first, ties by id.
         out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         out.truncate(limit);
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         Ok(out)
     }
 

@@ -225,11 +225,14 @@ impl Inner {
                 *slot = Some(Err(sql_err("apply: savepoint", e)));
                 continue;
             }
-            match write::apply_transition(&conn, tx) {
-                Ok(()) => match conn.execute_batch("RELEASE tx") {
-                    Ok(()) => *slot = Some(Ok(())),
-                    Err(e) => *slot = Some(Err(sql_err("apply: release savepoint", e))),
-                },
+            let outcome = write::apply_transition(&conn, tx).and_then(|()| {
+                conn.execute_batch("RELEASE tx")
+                    .map_err(|e| sql_err("apply: release savepoint", e))
+            });
+            match outcome {
+                Ok(()) => *slot = Some(Ok(())),
+                // Refused, or its savepoint could not be released: either way its writes must
+                // not reach the commit.
                 Err(err) => {
                     if let Err(e) = conn.execute_batch("ROLLBACK TO tx; RELEASE tx") {
                         // The savepoint is unusable: abandon the whole batch.
@@ -337,6 +340,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn query_tasks(&self, q: &TaskQuery, page: &Page) -> StoreResult<Paged<Task>> {
+        if q.stage.is_some() && q.pipeline_id.is_none() {
+            return Err(StoreError::Invalid(
+                "task query by stage needs a pipeline_id".into(),
+            ));
+        }
         let (q, page) = (q.clone(), page.clone());
         self.read("query tasks", move |c| query::tasks(c, &q, &page))
             .await

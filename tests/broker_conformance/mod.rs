@@ -56,6 +56,8 @@ macro_rules! broker_conformance {
             agent_presence_and_capabilities,
             purge_empties_everything,
             epoch_marker_set_read_and_purged,
+            a_lapsed_lock_cannot_be_released,
+            capability_ties_are_presented_by_id,
             concurrent_claimers_take_each_task_once,
             queued_work_is_announced,
             rebuild_restores_queues_and_leases,

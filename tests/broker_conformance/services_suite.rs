@@ -391,3 +391,46 @@ pub async fn epoch_marker_set_read_and_purged(fx: BrokerFixture) {
         "a lost broker has none"
     );
 }
+
+pub async fn a_lapsed_lock_cannot_be_released(fx: BrokerFixture) {
+    let key = LockKey::Pipeline("p-lapse".into());
+    let ttl = Duration::from_secs(10);
+    let f = fx
+        .broker
+        .acquire_lock(&key, "me", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    fx.clock.advance(ttl + Duration::from_millis(1));
+    let err = fx.broker.release_lock(&key, &f).await.unwrap_err();
+    assert!(
+        matches!(err, mcpd_actors::broker::BrokerError::LockLost { .. }),
+        "{err:?}"
+    );
+    // And it is free for anyone.
+    assert!(fx
+        .broker
+        .acquire_lock(&key, "other", ttl)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+pub async fn capability_ties_are_presented_by_id(fx: BrokerFixture) {
+    for id in ["ag-c", "ag-a", "ag-b"] {
+        let p = AgentPresence {
+            agent_id: id.into(),
+            status: "active".into(),
+            last_heartbeat: fx.clock.now(),
+            current_tasks: 0,
+            performance_score: 0.5,
+            capabilities: vec!["tie".into()],
+            endpoint_url: None,
+            version: "1".into(),
+        };
+        fx.broker.publish_agent(&p).await.unwrap();
+    }
+    let ranked = fx.broker.agents_with_capability("tie", 10).await.unwrap();
+    let ids: Vec<&str> = ranked.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(ids, ["ag-a", "ag-b", "ag-c"]);
+}

@@ -24,6 +24,7 @@ macro_rules! store_conformance {
             timestamps_keep_milliseconds,
             insert_existing_id_conflicts,
             failed_transition_writes_nothing,
+            a_stage_query_needs_a_pipeline,
             update_with_current_revision,
             stale_revision_conflicts,
             wrong_expected_status_conflicts,

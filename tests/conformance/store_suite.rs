@@ -216,12 +216,62 @@ pub async fn failed_transition_writes_nothing(store: S) {
         .items
         .is_empty());
 
-    // Same with a failing update after a successful one.
+    // The failure comes last — an audit record whose id exists — after an update, an insert
+    // and an event that all succeeded: every one of them is rolled back.
+    let earlier = Transition::new().audit(audit(
+        "au-dup",
+        ResourceType::Task,
+        "task-old",
+        "u",
+        AuditAction::Read,
+        1,
+    ));
+    store.apply(earlier).await.unwrap();
+    let mut fresh2 = task("task-new2", "pipe-1", 1, 5, 3);
     let tx = Transition::new()
         .write(Write::update(&mut bumped))
-        .write(Write::insert(&mut task("task-old", "p", 1, 5, 0)));
-    assert!(store.apply(tx).await.is_err());
-    assert_eq!(get_task(&store, "task-old").await, Some(existing));
+        .write(Write::insert(&mut fresh2))
+        .event(event(
+            "ev-late",
+            "task_created",
+            "task-new2",
+            Some("pipe-1"),
+            2,
+        ))
+        .audit(audit(
+            "au-dup",
+            ResourceType::Task,
+            "task-new2",
+            "u",
+            AuditAction::Create,
+            2,
+        ));
+    assert!(
+        store.apply(tx).await.is_err(),
+        "a duplicate audit id is refused"
+    );
+    assert_eq!(
+        get_task(&store, "task-old").await,
+        Some(existing),
+        "the update was rolled back"
+    );
+    assert_eq!(
+        get_task(&store, "task-new2").await,
+        None,
+        "the insert was rolled back"
+    );
+    let events = store
+        .query_events(&EventQuery::default(), &page)
+        .await
+        .unwrap()
+        .items;
+    assert!(events.is_empty(), "the event was rolled back: {events:?}");
+    let audits = store
+        .query_audit_logs(&AuditQuery::default(), &page)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(audits.len(), 1, "only the earlier audit record");
 }
 
 /// An update at the stored revision lands and bumps it; chained updates keep working.
@@ -1193,4 +1243,16 @@ pub async fn invalid_transitions_write_nothing(store: S) {
         .map(|e| e.event_id)
         .collect();
     assert_eq!(seen, HashSet::from(["ev-only".to_string()]));
+}
+
+pub async fn a_stage_query_needs_a_pipeline(store: S) {
+    let q = TaskQuery {
+        stage: Some(2),
+        ..Default::default()
+    };
+    let err = store.query_tasks(&q, &Page::first(10)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid(ref m) if m.contains("pipeline_id")),
+        "{err}"
+    );
 }

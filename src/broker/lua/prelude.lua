@@ -111,3 +111,14 @@ local function newer_lease(prefix, task_id, current, token, agent)
   end
   return nil
 end
+
+-- Whether string `a` sorts before `b` byte by byte, as sorted-set members do (Lua's `<` follows
+-- the server's collation locale).
+local function bytes_before(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end

@@ -2,12 +2,12 @@
 -- KEYS: [1] lock:task:{id}, [2] leases:expiry, [3] tasks:assigned:{agent_id},
 --       [4] tasks:running, [5] fence:counter
 -- ARGV: [1] key prefix, [2] task_id, [3] agent_id, [4] token, [5] locked_at_ms,
---       [6] expires_at_ms, [7] now_ms, [8] grace_ms, [9] running (1/0)
+--       [6] expires_at_ms, [7] now_ms, [8] grace_ms (unused: lease keys have no TTL), [9] running (1/0)
 -- Returns: {'restored'}, or {'kept', token held} when a lease with the same or a newer token
 --   exists (nothing changes).
 local prefix, task_id, agent = ARGV[1], ARGV[2], ARGV[3]
 local token, locked_at, expires = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local now, grace = tonumber(ARGV[7]), tonumber(ARGV[8])
+local now = tonumber(ARGV[7])
 local current = decode(redis.call('GET', KEYS[1]))
 if current and token_of(current) >= token then
   return {'kept', token_of(current)}
@@ -15,9 +15,8 @@ end
 if current then
   redis.call('SREM', prefix .. 'tasks:assigned:' .. holder(current), task_id)
 end
--- A lapsed lease is restored too (for the reaper); its key then lives for the grace only.
-local px = math.max(expires - now, 0) + grace
-redis.call('SET', KEYS[1], encode_lease(task_id, agent, token, locked_at, expires), 'PX', px)
+-- A lapsed lease is restored too, for the reaper. No TTL on lease keys (see claim.lua).
+redis.call('SET', KEYS[1], encode_lease(task_id, agent, token, locked_at, expires))
 redis.call('ZADD', KEYS[2], expires, task_id)
 redis.call('SADD', KEYS[3], task_id)
 if ARGV[9] == '1' then

@@ -175,12 +175,18 @@ async fn equal_scores_rank_like_zrevrange() {
         };
         b.publish_agent(&p).await.unwrap();
     }
-    let ids: Vec<String> = b
-        .agents_with_capability("x", 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(ids, ["c", "b", "a"]);
+    let ids = |limit| {
+        let b = &b;
+        async move {
+            b.agents_with_capability("x", limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(ids(10).await, ["a", "b", "c"]);
+    // A limit keeps the agents ZREVRANGE would (highest ids among ties).
+    assert_eq!(ids(2).await, ["b", "c"]);
 }

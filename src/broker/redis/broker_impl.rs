@@ -93,9 +93,17 @@ impl Broker for RedisBroker {
         for cap in &req.capabilities {
             inv.arg(cap);
         }
-        let reply = self.run("claim", &inv).await?;
+        // Each call drops at most a bounded number of stale queue heads; keep going while it
+        // says there may be more behind them.
+        let mut reply = self.run("claim", &inv).await?;
+        for _ in 0..64 {
+            if reply.tag()? != "retry" {
+                break;
+            }
+            reply = self.run("claim", &inv).await?;
+        }
         match reply.tag()?.as_str() {
-            "none" => Ok(None),
+            "none" | "retry" => Ok(None),
             "ok" => Ok(Some(Lease {
                 task_id: reply.str(1)?,
                 agent_id: req.agent_id.clone(),

@@ -370,14 +370,17 @@ fn refused(err: &mongodb::error::Error) -> bool {
 }
 
 /// Creates every index of [`index_specs`]; returns the names of those the server refused
-/// (each logged with `tracing::warn!`). Connection failures abort with the error.
+/// (each logged with `tracing::warn!`). A refused unique index, and any connection failure,
+/// abort with the error (a migration is then not recorded as applied).
 pub async fn ensure_indexes(db: &Database) -> Result<Vec<String>, StoreError> {
     let mut skipped = Vec::new();
     for spec in index_specs() {
         let coll = db.collection::<Document>(spec.collection);
         match coll.create_index(spec.model()).await {
             Ok(_) => {}
-            Err(e) if refused(&e) => {
+            // A unique index is what makes an insert of an existing id a conflict (and one
+            // document per id the basis of compare-and-set): without it mcpd must not run.
+            Err(e) if refused(&e) && !spec.unique => {
                 tracing::warn!(
                     collection = spec.collection,
                     index = spec.name,
