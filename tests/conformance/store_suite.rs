@@ -969,6 +969,8 @@ pub async fn paging_walks_each_item_once(store: S) {
     let mut sorted = got.clone();
     sorted.sort_by(|a, b| b.cmp(a));
     assert_eq!((got.len(), &got), (9, &sorted));
+    // Nine items and nine distinct ids: each one exactly once, none repeated or skipped.
+    assert_eq!(got.iter().map(|g| &g.1).collect::<HashSet<_>>().len(), 9);
     let (a, _) = walk(4, |pg| {
         let s = store.clone();
         async move { s.query_agents(&AgentQuery::default(), &pg).await }
@@ -990,6 +992,8 @@ pub async fn paging_walks_each_item_once(store: S) {
     let mut sorted = got.clone();
     sorted.sort();
     assert_eq!((got.len(), &got), (9, &sorted));
+    // Nine items and nine distinct ids: each one exactly once, none repeated or skipped.
+    assert_eq!(got.iter().map(|g| &g.1).collect::<HashSet<_>>().len(), 9);
     let (l, _) = walk(3, |pg| {
         let s = store.clone();
         async move { s.query_audit_logs(&AuditQuery::default(), &pg).await }
@@ -1002,6 +1006,8 @@ pub async fn paging_walks_each_item_once(store: S) {
     let mut sorted = got.clone();
     sorted.sort();
     assert_eq!((got.len(), &got), (9, &sorted));
+    // Nine items and nine distinct ids: each one exactly once, none repeated or skipped.
+    assert_eq!(got.iter().map(|g| &g.1).collect::<HashSet<_>>().len(), 9);
     let (m, _) = walk(2, |pg| {
         let s = store.clone();
         async move { s.query_metrics(&MetricQuery::default(), &pg).await }
@@ -1014,6 +1020,8 @@ pub async fn paging_walks_each_item_once(store: S) {
     let mut sorted = got.clone();
     sorted.sort();
     assert_eq!((got.len(), &got), (9, &sorted));
+    // Nine items and nine distinct ids: each one exactly once, none repeated or skipped.
+    assert_eq!(got.iter().map(|g| &g.1).collect::<HashSet<_>>().len(), 9);
 }
 
 /// A page limit of 0 or above 1000, or a cursor the store did not issue, is `Invalid`.
