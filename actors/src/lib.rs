@@ -27,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod handle;
 pub mod heartbeat_reaper;
+pub mod hex;
 pub mod journal;
 pub mod messages;
 pub mod metrics_aggregator;

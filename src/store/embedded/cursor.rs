@@ -148,13 +148,13 @@ impl Sort {
             })
             .collect();
         let json = Json::Array(vec![Json::from(self.tag), Json::Array(parts)]);
-        hex_encode(json.to_string().as_bytes())
+        mcpd_actors::hex::encode(json.to_string().as_bytes())
     }
 
     /// Decodes and validates a cursor issued by [`Sort::encode`] for this sort.
     pub fn decode(&self, cursor: &str) -> StoreResult<Vec<Value>> {
         let invalid = || StoreError::Invalid(format!("invalid page cursor for {}", self.tag));
-        let bytes = hex_decode(cursor).ok_or_else(invalid)?;
+        let bytes = mcpd_actors::hex::decode(cursor).ok_or_else(invalid)?;
         let json: Json = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
         let Json::Array(outer) = json else {
             return Err(invalid());
@@ -177,31 +177,6 @@ impl Sort {
             _ => Err(invalid()),
         }
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-        .collect()
 }
 
 #[cfg(test)]
@@ -228,9 +203,9 @@ mod tests {
             "zz",
             "abc",
             agents.as_str(),
-            &hex_encode(b"[\"tasks\",[1,2]]"),
-            &hex_encode(b"[\"tasks\",[\"1\",2,\"x\"]]"),
-            &hex_encode(b"{}"),
+            &mcpd_actors::hex::encode(b"[\"tasks\",[1,2]]"),
+            &mcpd_actors::hex::encode(b"[\"tasks\",[\"1\",2,\"x\"]]"),
+            &mcpd_actors::hex::encode(b"{}"),
         ] {
             let e = TASKS.decode(bad).unwrap_err();
             assert!(matches!(e, StoreError::Invalid(_)), "{bad}: {e:?}");

@@ -157,7 +157,7 @@ impl Order {
             };
             values.push(value);
         }
-        Ok(hex_encode(
+        Ok(mcpd_actors::hex::encode(
             serde_json::Value::Array(values).to_string().as_bytes(),
         ))
     }
@@ -166,7 +166,7 @@ impl Order {
     /// `(k1 > v1) or (k1 = v1 and k2 > v2) or …`, with `<` on descending keys.
     pub(crate) fn after_filter(&self, cursor: &str) -> Result<Document, StoreError> {
         let bad = |why: &str| StoreError::Invalid(format!("malformed page cursor: {why}"));
-        let bytes = hex_decode(cursor).ok_or_else(|| bad("not a cursor"))?;
+        let bytes = mcpd_actors::hex::decode(cursor).ok_or_else(|| bad("not a cursor"))?;
         let parsed: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| bad("not a cursor"))?;
         let items = parsed.as_array().ok_or_else(|| bad("not a cursor"))?;
@@ -199,27 +199,6 @@ impl Order {
         }
         Ok(bson::doc! { "$or": branches })
     }
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
-}
-
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.is_empty() {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.as_bytes()
-        .chunks(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]
