@@ -31,6 +31,25 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// The production pair — MongoDB store and Redis broker — on the tests where the store's
+/// behaviour matters most.
+macro_rules! production_pair_tests {
+    ($($name:ident),* $(,)?) => {
+        mod redis_mongo {
+            $(#[actix_rt::test] async fn $name() { super::$name(super::BrokerKind::RedisMongo).await })*
+        }
+    };
+}
+
+production_pair_tests!(
+    mental_health_analysis_runs_end_to_end,
+    retries_back_off_exponentially_on_the_clock,
+    cancel_pause_and_resume,
+    a_silent_agents_task_is_finished_by_another,
+    a_survivor_takes_over_a_dead_instances_pipelines,
+    a_broker_that_loses_its_data_mid_run_is_rebuilt,
+);
+
 macro_rules! scheduler_tests {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -862,7 +881,16 @@ async fn a_survivor_takes_over_a_dead_instances_pipelines(kind: BrokerKind) {
         });
         // Dropping the system drops every actor of A mid-flight: no lock is released.
     });
-    let ids: Vec<String> = started.recv().unwrap();
+    // Never block this runtime: the shared store's group-commit writer runs on it.
+    let ids: Vec<String> = loop {
+        match started.try_recv() {
+            Ok(ids) => break ids,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("instance A died: {e}"),
+        }
+    };
     // A drives every pipeline to its second stage, then dies.
     for id in &ids {
         env.until_tasks(id, LONG, "A reached stage 2", |t| {
@@ -871,7 +899,9 @@ async fn a_survivor_takes_over_a_dead_instances_pipelines(kind: BrokerKind) {
         .await;
     }
     kill.send(()).unwrap();
-    a_thread.join().unwrap();
+    tokio::task::spawn_blocking(move || a_thread.join().unwrap())
+        .await
+        .unwrap();
 
     let b = env.start("instance-b").await;
     let l = ledger();
@@ -1066,13 +1096,17 @@ async fn a_broker_that_loses_its_data_mid_run_is_rebuilt(kind: BrokerKind) {
 async fn results_sent_to_another_instance_reach_the_coordinator(kind: BrokerKind) {
     let env = Env::new(kind).await;
     let a = env.start("instance-a").await;
-    let b = env.start("instance-b").await;
-    // Coordinated by A; every agent talks to B only.
+    // Coordinated by A (B starts once A holds the pipeline); every agent talks to B only.
     let mut st = stage(1, "work", &[]);
     st.fan_out = Some("/pipeline/items".into());
     let mut p = pipeline(vec![st, stage(2, "work", &[1]), stage(3, "work", &[2])]);
     p.input_data = obj(json!({ "items": (0..30).collect::<Vec<_>>() }));
     let p = submit(&a, p).await;
+    env.until_tasks(&p.pipeline_id, LONG, "A started the pipeline", |t| {
+        !t.is_empty()
+    })
+    .await;
+    let b = env.start("instance-b").await;
     let l = ledger();
     let agents: Vec<_> = futures::future::join_all((0..3).map(|i| {
         let b = b.clone();

@@ -475,7 +475,8 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Repopulates the broker from the store after it lost its data (or at start): raises the
     /// fencing counter above every token the store has recorded, re-queues every pending task
-    /// and restores every still-live lease of assigned and running tasks. Idempotent; safe
+    /// (except those of paused pipelines) and restores every recorded lease of assigned and
+    /// running tasks. Idempotent; safe
     /// while other instances run (queued and leased tasks are left as they are).
     async fn rebuild_from(&self, store: &dyn Store, now: Timestamp) -> BrokerResult<RebuildReport> {
         let mut report = RebuildReport {
@@ -499,10 +500,23 @@ pub trait Broker: Send + Sync + 'static {
         })
         .await?;
 
+        // Pending tasks of paused pipelines stay out of the queues until the pipeline resumes.
+        let mut paused = std::collections::HashMap::new();
+        for task in tasks.iter().filter(|t| t.status == TaskStatus::Pending) {
+            if !paused.contains_key(&task.pipeline_id) {
+                let is_paused = store
+                    .get_pipeline(&task.pipeline_id)
+                    .await?
+                    .is_some_and(|p| p.status == crate::model::PipelineStatus::Paused);
+                paused.insert(task.pipeline_id.clone(), is_paused);
+            }
+        }
         let mut pending = Vec::new();
         for task in &tasks {
             if task.status == TaskStatus::Pending {
-                pending.push(QueueEntry::of(task));
+                if !paused.get(&task.pipeline_id).copied().unwrap_or(false) {
+                    pending.push(QueueEntry::of(task));
+                }
                 continue;
             }
             let (Some(agent_id), Some(expires_at)) =

@@ -64,8 +64,14 @@ impl Store for FakeStore {
         Ok(self.tasks.iter().find(|t| t.task_id == task_id).cloned())
     }
 
-    async fn get_pipeline(&self, _pipeline_id: &str) -> StoreResult<Option<Pipeline>> {
-        unsupported()
+    async fn get_pipeline(&self, pipeline_id: &str) -> StoreResult<Option<Pipeline>> {
+        // Rebuild asks whether a pending task's pipeline is paused; these tests' pipelines
+        // are running, except the one named "paused".
+        Ok((pipeline_id == "paused").then(|| Pipeline {
+            pipeline_id: pipeline_id.to_string(),
+            status: mcpd_actors::model::PipelineStatus::Paused,
+            ..Default::default()
+        }))
     }
 
     async fn query_agents(&self, _q: &AgentQuery, _page: &Page) -> StoreResult<Paged<Agent>> {

@@ -69,6 +69,11 @@ fn rebuild_store() -> FakeStore {
         lease_token: OLD_MAX_TOKEN,
         ..stored_task("done", TaskStatus::Completed, 5, 2)
     });
+    // Pending in a paused pipeline: stays out of the queues (not counted as queued below).
+    tasks.push(Task {
+        pipeline_id: "paused".into(),
+        ..stored_task("pend-paused", TaskStatus::Pending, 5, 3)
+    });
     FakeStore::with_tasks(tasks)
 }
 

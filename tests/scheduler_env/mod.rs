@@ -10,6 +10,8 @@ use std::time::Duration;
 use mcpd::broker::memory::MemoryBroker;
 use mcpd::broker::redis::RedisBroker;
 use mcpd::store::embedded::{EmbeddedStore, Synchronous};
+use mcpd::store::group_commit::GroupCommit;
+use mcpd::store::mongo::MongoStore;
 use mcpd_actors::agent_registry::AgentSpec;
 use mcpd_actors::broker::Broker;
 use mcpd_actors::clock::{ManualClock, SharedClock};
@@ -37,6 +39,8 @@ pub enum BrokerKind {
     Memory,
     /// The shared redis-server.
     Redis,
+    /// The shared redis-server, with the MongoDB store (SecantusDB in CI) instead of SQLite.
+    RedisMongo,
 }
 
 /// Everything two scheduler instances may share.
@@ -52,12 +56,24 @@ impl Env {
     pub async fn new(kind: BrokerKind) -> Env {
         let clock = ManualClock::new(Timestamp::from_millis(T0));
         let shared: SharedClock = clock.clone();
-        let dir = support::temp_dir("sched");
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(&dir, Synchronous::Normal).unwrap());
+        let inner: Arc<dyn Store> = match kind {
+            BrokerKind::RedisMongo => Arc::new(
+                MongoStore::connect(
+                    support::shared_mongo().url(),
+                    &support::unique_name("sched"),
+                )
+                .await
+                .unwrap(),
+            ),
+            _ => Arc::new(
+                EmbeddedStore::open(&support::temp_dir("sched"), Synchronous::Normal).unwrap(),
+            ),
+        };
+        // Through group commit, as the daemon runs every store.
+        let store: Arc<dyn Store> = Arc::new(GroupCommit::new(inner, 256));
         let broker: Arc<dyn Broker> = match kind {
             BrokerKind::Memory => Arc::new(MemoryBroker::new(shared)),
-            BrokerKind::Redis => Arc::new(
+            BrokerKind::Redis | BrokerKind::RedisMongo => Arc::new(
                 RedisBroker::connect(
                     &support::shared_redis().url(),
                     &format!("{}:", support::unique_name("sched")),
