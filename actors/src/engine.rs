@@ -17,7 +17,7 @@
 //! in item order — the fan-in its dependants receive. The pipeline's `output_data` holds the
 //! outputs of the stages nothing depends on, by name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -1042,11 +1042,6 @@ pub fn assignment(agent_id: &str, now: Timestamp) -> Assignment {
         released_at: None,
         reason: None,
     }
-}
-
-/// Stage outputs by name, for tests and the API.
-pub fn outputs(p: &Pipeline) -> BTreeMap<String, Value> {
-    p.intermediate_results.clone().into_iter().collect()
 }
 
 #[cfg(test)]

@@ -75,11 +75,6 @@ impl TaskDispatcher {
         }
     }
 
-    /// Waiting fetches, for tests and the admin API.
-    pub fn waiting(&self) -> usize {
-        self.waiters.len()
-    }
-
     /// Tries to serve waiting fetches — those whose agent can run one of `types`, or all —
     /// best-scored agents first; expired or abandoned waiters are answered `None` and dropped.
     fn serve_waiters(&mut self, types: Option<&[String]>, ctx: &mut Context<Self>) {
