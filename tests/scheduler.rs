@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcpd_actors::agent_registry::FlushOutcomes;
 use mcpd_actors::deps::Counters;
 use mcpd_actors::dispatch::ResultReport;
 use mcpd_actors::engine::Command;
@@ -774,6 +775,33 @@ async fn eight_agents_two_thousand_tasks_each_exactly_once(kind: BrokerKind) {
             "{:?}",
             &g.refused[..g.refused.len().min(3)]
         );
+    }
+    // The agents' performance metrics add up to the same 2,000 (all-time and last 24 h); a
+    // periodic flush may be writing at the same moment, so look until they settle.
+    let until = tokio::time::Instant::now() + LONG;
+    loop {
+        s.children.registry.send(FlushOutcomes).await.unwrap();
+        let (mut all_time, mut day, mut perfect) = (0, 0, true);
+        for i in 0..8 {
+            let a = env
+                .store
+                .get_agent(&format!("ag-{i}"))
+                .await
+                .unwrap()
+                .unwrap();
+            all_time += a.performance_metrics.tasks_completed;
+            day += a.performance_metrics.last_24h.tasks_completed;
+            perfect &= a.performance_metrics.tasks_failed == 0;
+        }
+        assert!(perfect, "no failures were reported");
+        if (all_time, day) == (2000, 2000) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "agent metrics stuck at {all_time} all-time, {day} in 24 h"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let written = s.children.metrics.send(CloseWindow).await.unwrap();
     assert!(written > 0);

@@ -436,6 +436,8 @@ impl Handler<Heartbeat> for AgentRegistry {
                         &by,
                         |a, now| {
                             a.last_heartbeat = Some(now);
+                            let registered = a.registered_at;
+                            a.performance_metrics.mark_seen(now, registered);
                             if a.status == AgentStatus::Inactive {
                                 a.status = AgentStatus::Active;
                             }
@@ -669,8 +671,8 @@ impl Handler<FlushOutcomes> for AgentRegistry {
                 let mut updated = Vec::new();
                 for (agent_id, o) in pending {
                     let by = deps.system();
-                    let res = modify(&deps, &agent_id, "agent_metrics_updated", &["performance_metrics"], &by, |a, _| {
-                        fold(a, &o);
+                    let res = modify(&deps, &agent_id, "agent_metrics_updated", &["performance_metrics"], &by, |a, now| {
+                        fold(a, &o, now);
                         Ok(true)
                     })
                     .await;
@@ -695,29 +697,18 @@ impl Handler<FlushOutcomes> for AgentRegistry {
     }
 }
 
-/// Adds outcomes to an agent's performance metrics. The 24-hour and 7-day figures are
-/// exponentially weighted by the elapsed share of their window, so they decay without keeping
-/// every sample.
-fn fold(a: &mut Agent, o: &Outcomes) {
-    let p = &mut a.performance_metrics;
-    let before = p.tasks_completed + p.tasks_failed;
-    let n = o.completed + o.failed;
-    if n == 0 {
-        return;
-    }
-    let mean = o.response_time_sum / n as f64;
-    p.average_response_time =
-        (p.average_response_time * before as f64 + o.response_time_sum) / (before + n) as f64;
-    p.tasks_completed += o.completed;
-    p.tasks_failed += o.failed;
-    p.success_rate = p.tasks_completed as f64 / (p.tasks_completed + p.tasks_failed) as f64;
-    let blend = |old: f64, new: f64, weight: f64| old * (1.0 - weight) + new * weight;
-    p.last_24h.tasks_completed += o.completed;
-    p.last_24h.average_response_time = blend(p.last_24h.average_response_time, mean, 0.2);
-    p.last_24h.peak_load = p.last_24h.peak_load.max(o.peak_load);
-    p.last_7d.tasks_completed += o.completed;
-    p.last_7d.average_response_time = blend(p.last_7d.average_response_time, mean, 0.05);
-    p.last_7d.availability = 100.0;
+/// Adds outcomes to an agent's performance metrics (all-time, and the 24-hour and 7-day
+/// windows kept in hourly buckets).
+fn fold(a: &mut Agent, o: &Outcomes, now: Timestamp) {
+    let registered = a.registered_at;
+    a.performance_metrics.record(
+        now,
+        o.completed,
+        o.failed,
+        o.response_time_sum,
+        o.peak_load,
+        registered,
+    );
     if o.last_completed.is_some() {
         a.last_task_completed = o.last_completed;
     }
@@ -761,12 +752,14 @@ mod tests {
                 peak_load: 2,
                 last_completed: Some(Timestamp::from_millis(5)),
             },
+            Timestamp::from_millis(10),
         );
         let p = &a.performance_metrics;
         assert_eq!((p.tasks_completed, p.tasks_failed), (3, 1));
         assert_eq!(p.success_rate, 0.75);
         assert_eq!(p.average_response_time, 2.0);
-        assert_eq!(p.last_24h.peak_load, 2);
+        assert_eq!((p.last_24h.tasks_completed, p.last_24h.peak_load), (3, 2));
+        assert_eq!(p.last_7d.availability, 100.0);
         assert_eq!(a.last_task_completed, Some(Timestamp::from_millis(5)));
     }
 

@@ -67,6 +67,14 @@ pub fn rich_agent(id: &str) -> Agent {
                 average_response_time: 1.9,
                 availability: 99.95,
             },
+            hourly: vec![HourlyOutcomes {
+                hour: ts(3_600_000),
+                completed: 7,
+                failed: 1,
+                response_time_sum: 0.1 + 0.2,
+                peak_load: 3,
+                seen: true,
+            }],
         },
         resource_limits: ResourceLimits {
             max_concurrent_tasks: 4,

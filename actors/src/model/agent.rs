@@ -138,6 +138,117 @@ pub struct AgentPerformance {
     pub last_24h: AgentLast24h,
     /// The last 7 days.
     pub last_7d: AgentLast7d,
+    /// Extension: outcomes per hour over the last seven days, from which `last_24h` and
+    /// `last_7d` are computed (oldest first, at most 168).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hourly: Vec<HourlyOutcomes>,
+}
+
+/// One hour of an agent's outcomes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HourlyOutcomes {
+    /// Start of the hour.
+    pub hour: Timestamp,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Attempts failed.
+    pub failed: u64,
+    /// Sum of response times, seconds.
+    pub response_time_sum: f64,
+    /// Most tasks held at once.
+    pub peak_load: u32,
+    /// Whether the agent was heard from (heartbeat or result) in this hour.
+    pub seen: bool,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const WEEK_HOURS: i64 = 7 * 24;
+
+impl AgentPerformance {
+    /// Adds outcomes at `now`: the all-time figures, the hour's bucket, and the 24-hour and
+    /// 7-day windows recomputed from the buckets (older ones dropped).
+    pub fn record(
+        &mut self,
+        now: Timestamp,
+        completed: u64,
+        failed: u64,
+        response_time_sum: f64,
+        peak_load: u32,
+        registered_at: Timestamp,
+    ) {
+        let n = completed + failed;
+        let before = self.tasks_completed + self.tasks_failed;
+        if n > 0 {
+            self.average_response_time = (self.average_response_time * before as f64
+                + response_time_sum)
+                / (before + n) as f64;
+            self.tasks_completed += completed;
+            self.tasks_failed += failed;
+            self.success_rate =
+                self.tasks_completed as f64 / (self.tasks_completed + self.tasks_failed) as f64;
+        }
+        let b = self.bucket(now);
+        b.completed += completed;
+        b.failed += failed;
+        b.response_time_sum += response_time_sum;
+        b.peak_load = b.peak_load.max(peak_load);
+        b.seen = true;
+        self.recompute(now, registered_at);
+    }
+
+    /// Notes that the agent was heard from at `now` (for `last_7d.availability`).
+    pub fn mark_seen(&mut self, now: Timestamp, registered_at: Timestamp) {
+        self.bucket(now).seen = true;
+        self.recompute(now, registered_at);
+    }
+
+    fn bucket(&mut self, now: Timestamp) -> &mut HourlyOutcomes {
+        let hour = Timestamp::from_millis(now.millis().div_euclid(HOUR_MS) * HOUR_MS);
+        if self.hourly.last().is_none_or(|b| b.hour != hour) {
+            self.hourly.push(HourlyOutcomes {
+                hour,
+                ..Default::default()
+            });
+        }
+        self.hourly.last_mut().expect("pushed above")
+    }
+
+    fn recompute(&mut self, now: Timestamp, registered_at: Timestamp) {
+        let this_hour = now.millis().div_euclid(HOUR_MS);
+        self.hourly
+            .retain(|b| this_hour - b.hour.millis().div_euclid(HOUR_MS) < WEEK_HOURS);
+        let window = |hours: i64| {
+            self.hourly
+                .iter()
+                .filter(move |b| this_hour - b.hour.millis().div_euclid(HOUR_MS) < hours)
+        };
+        let mean = |it: &mut dyn Iterator<Item = &HourlyOutcomes>| {
+            let (mut sum, mut n, mut completed, mut peak) = (0.0, 0u64, 0u64, 0u32);
+            for b in it {
+                sum += b.response_time_sum;
+                n += b.completed + b.failed;
+                completed += b.completed;
+                peak = peak.max(b.peak_load);
+            }
+            (if n > 0 { sum / n as f64 } else { 0.0 }, completed, peak)
+        };
+        let (avg24, done24, peak24) = mean(&mut window(24));
+        self.last_24h = AgentLast24h {
+            tasks_completed: done24,
+            average_response_time: avg24,
+            peak_load: peak24,
+        };
+        let (avg7, done7, _) = mean(&mut window(WEEK_HOURS));
+        let lived_hours =
+            (this_hour - registered_at.millis().div_euclid(HOUR_MS) + 1).clamp(1, WEEK_HOURS);
+        let seen = window(WEEK_HOURS).filter(|b| b.seen).count() as f64;
+        self.last_7d = AgentLast7d {
+            tasks_completed: done7,
+            average_response_time: avg7,
+            availability: (100.0 * seen / lived_hours as f64).min(100.0),
+        };
+    }
 }
 
 /// `agents.performance_metrics.last_24h`.
@@ -236,4 +347,42 @@ pub struct MaintenanceWindow {
     pub start: String,
     /// Length, minutes.
     pub duration_minutes: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn windows_hold_only_their_hours() {
+        let born = Timestamp::from_millis(0);
+        let mut p = AgentPerformance::default();
+        p.record(Timestamp::from_millis(H / 2), 10, 0, 20.0, 3, born); // hour 0
+        p.record(Timestamp::from_millis(30 * H), 4, 1, 10.0, 1, born); // hour 30
+        assert_eq!((p.tasks_completed, p.tasks_failed), (14, 1));
+        assert_eq!(
+            p.last_24h.tasks_completed, 4,
+            "hour 0 is older than a day at hour 30"
+        );
+        assert_eq!(p.last_24h.average_response_time, 2.0);
+        assert_eq!(p.last_24h.peak_load, 1);
+        assert_eq!(p.last_7d.tasks_completed, 14);
+        assert_eq!(p.last_7d.average_response_time, 2.0);
+        // Two hours heard from out of 31 lived.
+        assert!(
+            (p.last_7d.availability - 200.0 / 31.0).abs() < 1e-9,
+            "{}",
+            p.last_7d.availability
+        );
+        p.mark_seen(Timestamp::from_millis(200 * H), born);
+        assert_eq!(p.hourly.len(), 1, "only the last week is kept");
+        assert_eq!(
+            (p.last_24h.tasks_completed, p.last_7d.tasks_completed),
+            (0, 0)
+        );
+        assert!((p.last_7d.availability - 100.0 / 168.0).abs() < 1e-9);
+        assert_eq!(p.tasks_completed, 14, "all-time figures stay");
+    }
 }
