@@ -1,7 +1,7 @@
 //! `StageCoordinator`: one per running pipeline, on exactly one instance at a time.
 //!
 //! It holds the pipeline's coordination lock (`lock:pipeline:{id}`, renewed at a third of its
-//! TTL) and drives the pipeline with the [`engine`](crate::engine): every time a task settles,
+//! TTL) and drives the pipeline with the [`engine`](crate::engine::reconcile): every time a task settles,
 //! a timer it asked for fires (retry due, stage timeout, deadline) or a periodic resync reads
 //! the store, it reconciles and applies the resulting plan — pipeline update, task inserts and
 //! updates and their events, all in **one** store transition with compare-and-set — before it

@@ -2,7 +2,7 @@
 //! [`mcpd_actors::broker`]) held in this process, for a single instance and for tests.
 //!
 //! # Layout
-//! One [`State`] mirrors the Redis keys one to one:
+//! One `State` mirrors the Redis keys one to one:
 //! - `tasks:pending:{priority}:{task_type}` → per task type, ten ordered sets of
 //!   `(score, member)` (index = priority − 1), so a claim reads the first element of each
 //!   capability's set per priority: O(log n) per (priority, capability), never a scan;

@@ -26,7 +26,10 @@ pub use pipeline::*;
 pub use schedule::{ScheduleError, DEFAULT_MAX_DELAY};
 pub use task::*;
 pub use time::Timestamp;
-pub use validate::{DefinitionError, DefinitionErrors};
+pub use validate::{
+    DefinitionError, DefinitionErrors, MAX_DELAY_SECONDS, MAX_RETRIES, MAX_STAGES,
+    MAX_TIMEOUT_SECONDS,
+};
 
 /// A free-form JSON object (the seed's `Object`).
 pub type Object = serde_json::Map<String, serde_json::Value>;
